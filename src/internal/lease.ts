@@ -1,0 +1,398 @@
+/**
+ * The acquire loop and the lease state machine, shared by every backend.
+ *
+ * Acquire: validate, one attempt; when contended, subscribe to the name's
+ * change signal, attempt again (a release between the first attempt and the
+ * subscription is not missed), then wait for the signal raced against the
+ * retry schedule. The wait runs under `restore` inside `uninterruptibleMask`;
+ * the lease scope and its release finalizer are set up with no interruption
+ * point after the grant. Any exit of the wait other than a grant removes
+ * whatever the owner might hold or have queued (a compare-and-delete on the
+ * owner id, safe when nothing was granted).
+ *
+ * Lease: Held -> Lost(reason) | Released. A heartbeat fiber extends every
+ * `heartbeat` by compare-and-swap; transient failures are retried with capped
+ * backoff until half the TTL has passed since the last successful extension
+ * was sent, then the lease is lost (`unreachable`) before the store could
+ * grant it to anyone else. A failed CAS means `expired` or `stolen`.
+ */
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Pull, Schedule, Scope } from "effect"
+import type { Lease, LeaseState } from "../Lease.ts"
+import { LockBackend, type LockBackendShape, type LockMode } from "../LockBackend.ts"
+import * as LockConfig from "../LockConfig.ts"
+import {
+  InvalidLockRequest,
+  type LockBackendUnavailable,
+  type LockError,
+  LockLost,
+  LockNotHeld,
+  LockTimeout,
+  type LostReason
+} from "../LockError.ts"
+import * as LockMetrics from "../LockMetrics.ts"
+
+/** What is being acquired. */
+export interface Spec {
+  readonly name: string
+  readonly mode: LockMode
+  readonly permits: number
+  readonly limit: number
+}
+
+/** How it is being acquired. */
+export interface How {
+  /** Wait (queue, retry) until granted, or a single attempt. */
+  readonly wait: boolean
+  /** Interrupt the acquiring fiber on loss when `onLost` is `"interrupt"`. */
+  readonly interruptHolder: boolean
+  /** Overrides the options' timeout (used by multi-lock for its overall deadline). */
+  readonly timeoutMillis?: number | undefined
+}
+
+const counted = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>) =>
+  Metric.update(Metric.withAttributes(metric, attributes), 1)
+
+const hex = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")
+
+/** `<owner id>/<128 random bits>`: unique per acquisition and unguessable. */
+export const makeOwner = (ownerId: string): string => `${ownerId}/${hex(crypto.getRandomValues(new Uint8Array(16)))}`
+
+/** Validates the name and the options. */
+export const prepare = (name: string, options: LockConfig.LockOptions | undefined) =>
+  Effect.all([LockConfig.validateName(name), LockConfig.resolve(options)])
+
+/** Upper bound of a best-effort cleanup call in a finalizer. */
+const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
+
+const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) =>
+  backend.release(name, owner).pipe(
+    Effect.retry(Schedule.max([Schedule.exponential(Duration.millis(10)), Schedule.recurs(3)])),
+    Effect.timeoutOption(Duration.millis(cleanupBound(ttlMillis))),
+    Effect.map(Option.getOrElse(() => false)),
+    Effect.catch(() => Effect.succeed(false))
+  )
+
+/**
+ * Acquires `spec` into the current scope. `None` only when `how.wait` is
+ * false and the lock was taken.
+ */
+export const acquire = (
+  spec: Spec,
+  options: LockConfig.ResolvedOptions,
+  how: How
+): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
+  Effect.gen(function*() {
+    const backend = yield* LockBackend
+    if (options.requireFencing && backend.guarantees.fencing !== "strict") {
+      return yield* new InvalidLockRequest({
+        field: "requireFencing",
+        reason: `the ${backend.kind} backend's fencing is ${backend.guarantees.fencing}, not strict`
+      })
+    }
+    const scope = yield* Scope.Scope
+    const owner = makeOwner(options.ownerId)
+    const holder = how.interruptHolder && options.onLost === "interrupt" ? Fiber.getCurrent() : undefined
+    const startedAt = yield* Clock.currentTimeMillis
+    const modeAttr = { mode: spec.mode }
+
+    return yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const obtained = yield* restore(obtain(backend, spec, owner, options, how)).pipe(
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit) && Option.isSome(exit.value)
+              ? Effect.void
+              : bestEffortRelease(backend, spec.name, owner, options.ttlMillis)
+          ),
+          Effect.tapCause((cause) => {
+            const failure = Cause.findErrorOption(cause)
+            const result = Option.isNone(failure)
+              ? "interrupted"
+              : failure.value._tag === "LockTimeout"
+              ? "timeout"
+              : failure.value._tag === "InvalidLockRequest"
+              ? "invalid"
+              : "unavailable"
+            return counted(LockMetrics.acquisitions, { ...modeAttr, result })
+          })
+        )
+        if (Option.isNone(obtained)) {
+          yield* counted(LockMetrics.acquisitions, { ...modeAttr, result: "contended" })
+          return Option.none()
+        }
+        const now = yield* Clock.currentTimeMillis
+        yield* counted(LockMetrics.acquisitions, { ...modeAttr, result: "acquired" })
+        yield* Metric.update(LockMetrics.waitTime, now - startedAt)
+        const lease = yield* makeLease(backend, scope, spec, owner, options, obtained.value, holder)
+        return Option.some(lease)
+      })
+    )
+  }).pipe(
+    Effect.withSpan(LockMetrics.spans.acquire, {
+      attributes: { "lock.name": spec.name, "lock.mode": spec.mode, "lock.permits": spec.permits }
+    })
+  )
+
+interface Obtained {
+  readonly token: bigint
+  /** When the granting request was sent: the lease's TTL counts from here. */
+  readonly sentAt: number
+}
+
+/** The attempt / subscribe / wait loop. Runs interruptibly. */
+const obtain = (
+  backend: LockBackendShape,
+  spec: Spec,
+  owner: string,
+  options: LockConfig.ResolvedOptions,
+  how: How
+): Effect.Effect<Option.Option<Obtained>, LockError> => {
+  let attempts = 0
+  const failures: Array<LockBackendUnavailable> = []
+  let lastFailure: LockBackendUnavailable | undefined
+  const request = {
+    name: spec.name,
+    owner,
+    mode: spec.mode,
+    permits: spec.permits,
+    limit: spec.limit,
+    ttlMillis: options.ttlMillis,
+    metadata: options.metadata,
+    queue: how.wait
+  }
+  const attempt: Effect.Effect<Option.Option<Obtained>, InvalidLockRequest> = Effect.flatMap(
+    Clock.currentTimeMillis,
+    (sentAt) => {
+      attempts++
+      return backend.tryAcquire(request).pipe(
+        Effect.map(Option.map((grant): Obtained => ({ token: grant.token, sentAt }))),
+        Effect.tap(() => Effect.sync(() => (lastFailure = undefined))),
+        Effect.catchTag("LockBackendUnavailable", (error) =>
+          Effect.sync(() => {
+            failures.push(error)
+            lastFailure = error
+            return Option.none<Obtained>()
+          }))
+      )
+    }
+  )
+
+  return Effect.gen(function*() {
+    const startedAt = yield* Clock.currentTimeMillis
+    const timeout = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const error = new LockTimeout({ name: spec.name, attempts, waitedMillis: now - startedAt, failures: [...failures] })
+      // Keep every backend failure met on the way in the Cause, after the timeout itself.
+      const cause = failures.reduce<Cause.Cause<LockError>>(
+        (acc, failure) => Cause.combine(acc, Cause.fail(failure)),
+        Cause.fail(error)
+      )
+      return yield* Effect.failCause(cause)
+    })
+
+    const loop = Effect.gen(function*() {
+      const first = yield* attempt
+      if (Option.isSome(first)) return first
+      if (!how.wait) {
+        if (lastFailure !== undefined) return yield* Effect.fail(lastFailure)
+        return Option.none<Obtained>()
+      }
+      return yield* Effect.scoped(Effect.gen(function*() {
+        const changed = yield* backend.subscribe(spec.name).pipe(
+          Effect.catch((error) =>
+            Effect.sync(() => {
+              failures.push(error)
+              return Effect.never
+            })
+          )
+        )
+        const step = yield* Schedule.toStep(options.retry)
+        while (true) {
+          const next = yield* attempt
+          if (Option.isSome(next)) return next
+          const now = yield* Clock.currentTimeMillis
+          const delay = yield* step(now, lastFailure).pipe(
+            Effect.map(([, duration]) => Option.some(duration)),
+            Pull.catchDone(() => Effect.succeedNone)
+          )
+          if (Option.isNone(delay)) return yield* timeout
+          yield* Effect.raceFirst(changed, Effect.sleep(delay.value))
+        }
+      }))
+    })
+
+    const timeoutMillis = how.timeoutMillis ?? options.timeoutMillis
+    return timeoutMillis === undefined || !how.wait
+      ? yield* loop
+      : yield* Effect.timeoutOrElse(loop, { duration: Duration.millis(timeoutMillis), orElse: () => timeout })
+  })
+}
+
+const makeLease = (
+  backend: LockBackendShape,
+  parent: Scope.Scope,
+  spec: Spec,
+  owner: string,
+  options: LockConfig.ResolvedOptions,
+  obtained: Obtained,
+  holder: Fiber.Fiber<unknown, unknown> | undefined
+): Effect.Effect<Lease> =>
+  Effect.gen(function*() {
+    const { name } = spec
+    const token = obtained.token
+    const scope = yield* Scope.fork(parent, "sequential")
+    const acquiredAt = yield* Clock.currentTimeMillis
+    let lastOk = obtained.sentAt
+    let ttlMillis = options.ttlMillis
+    let status: "Held" | "Released" | LeaseState & { readonly _tag: "Lost" } = "Held"
+    let closed = false
+    // Read through a function: the status changes from other fibers, so
+    // TypeScript's narrowing of the variable would be wrong.
+    const readStatus = (): typeof status => status
+    const lostSignal = Deferred.makeUnsafe<LockLost>()
+    const modeAttr = { mode: spec.mode }
+    yield* Metric.modify(LockMetrics.holders, 1)
+
+    const leaveHeld = (now: number) =>
+      Effect.all([
+        Metric.modify(LockMetrics.holders, -1),
+        Metric.update(LockMetrics.holdTime, now - acquiredAt)
+      ], { discard: true })
+
+    const declareLost = (reason: LostReason) =>
+      Effect.suspend(() => {
+        if (status !== "Held") return Effect.void
+        const error = new LockLost({ name, token, reason })
+        status = { _tag: "Lost", reason, error }
+        Deferred.doneUnsafe(lostSignal, Effect.succeed(error))
+        if (holder !== undefined) holder.interruptUnsafe()
+        return Effect.flatMap(Clock.currentTimeMillis, leaveHeld).pipe(
+          Effect.andThen(counted(LockMetrics.losses, { ...modeAttr, reason })),
+          Effect.withSpan(LockMetrics.spans.lost, {
+            attributes: { "lock.name": name, "lock.token": token.toString(), "lock.reason": reason }
+          })
+        )
+      })
+
+    const extendOnce = (ttl: number) =>
+      Effect.flatMap(Clock.currentTimeMillis, (sentAt) =>
+        backend.extend(name, owner, ttl).pipe(
+          Effect.tap((outcome) =>
+            Effect.sync(() => {
+              if (outcome === "extended") {
+                lastOk = Math.max(lastOk, sentAt)
+                ttlMillis = ttl
+              }
+            })
+          ),
+          Effect.tap((outcome) =>
+            counted(LockMetrics.extensions, { ...modeAttr, result: outcome === "extended" ? "extended" : "lost" })
+          ),
+          Effect.tapError(() => counted(LockMetrics.extensions, { ...modeAttr, result: "failed" }))
+        ))
+
+    // Transient failures are retried with capped exponential backoff; the
+    // caller bounds the whole by the loss deadline.
+    const extendRetrying = (ttl: number) =>
+      extendOnce(ttl).pipe(
+        Effect.retry(Schedule.min([
+          Schedule.exponential(Duration.millis(Math.max(1, Math.min(10, ttl / 100)))),
+          Schedule.spaced(Duration.millis(Math.max(1, ttl / 20)))
+        ]))
+      )
+
+    const heartbeat = Effect.gen(function*() {
+      const maxHoldDeadline = options.maxHoldMillis === undefined ? Infinity : acquiredAt + options.maxHoldMillis
+      while (status === "Held") {
+        const now = yield* Clock.currentTimeMillis
+        if (options.heartbeatMillis === undefined) {
+          // No heartbeat: the lease ends at its expiry (manual `extend` moves it).
+          const until = Math.min(lastOk + ttlMillis, maxHoldDeadline)
+          if (now >= until) return yield* declareLost("expired")
+          yield* Effect.sleep(until - now)
+          continue
+        }
+        const interval = Math.min(options.heartbeatMillis, Math.max(1, Math.floor(ttlMillis / 3)))
+        const nextBeat = lastOk + interval
+        if (nextBeat >= maxHoldDeadline) {
+          if (now < maxHoldDeadline) yield* Effect.sleep(maxHoldDeadline - now)
+          return yield* declareLost("expired")
+        }
+        if (nextBeat > now) yield* Effect.sleep(nextBeat - now)
+        if (status !== "Held") return
+        const lossDeadline = lastOk + ttlMillis / 2
+        const beforeCall = yield* Clock.currentTimeMillis
+        const outcome = yield* extendRetrying(ttlMillis).pipe(
+          Effect.timeoutOrElse({
+            duration: Duration.millis(Math.max(0, lossDeadline - beforeCall)),
+            orElse: () => Effect.succeed("unreachable" as const)
+          })
+        )
+        if (outcome !== "extended") return yield* declareLost(outcome)
+      }
+    })
+
+    const finalize = Effect.gen(function*() {
+      closed = true
+      if (status === "Held") {
+        status = "Released"
+        yield* leaveHeld(yield* Clock.currentTimeMillis)
+      }
+      if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
+      yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
+    }).pipe(Effect.withSpan(LockMetrics.spans.release, { attributes: { "lock.name": name, "lock.token": token.toString() } }))
+
+    let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
+    yield* Scope.addFinalizer(scope, finalize)
+    // After a loss, the heartbeat fiber also clears the grant at once (a
+    // compare-and-delete, harmless if the store already dropped it).
+    heartbeatFiber = yield* Effect.forkDetach(
+      heartbeat.pipe(
+        Effect.andThen(Effect.suspend(() =>
+          status !== "Held" && status !== "Released"
+            ? bestEffortRelease(backend, name, owner, options.ttlMillis)
+            : Effect.void
+        ))
+      )
+    )
+
+    const lease: Lease = {
+      name,
+      owner,
+      token,
+      mode: spec.mode,
+      permits: spec.permits,
+      acquiredAt,
+      state: Effect.sync((): LeaseState =>
+        status === "Held"
+          ? { _tag: "Held", expiresAt: lastOk + ttlMillis }
+          : status === "Released"
+          ? { _tag: "Released" }
+          : status
+      ),
+      lost: Deferred.await(lostSignal),
+      extend: (ttl) =>
+        Effect.suspend((): Effect.Effect<void, LockLost | LockNotHeld | LockBackendUnavailable | InvalidLockRequest> => {
+          const current = readStatus()
+          if (current === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
+          if (current !== "Held") return Effect.fail(current.error)
+          const millis = ttl === undefined ? ttlMillis : Duration.toMillis(Duration.fromInputUnsafe(ttl))
+          if (!(millis > 0) || !Number.isFinite(millis)) {
+            return Effect.fail(new InvalidLockRequest({ field: "ttl", reason: "must be a finite duration greater than zero" }))
+          }
+          return Effect.flatMap(extendOnce(millis), (outcome) => {
+            if (outcome === "extended") return Effect.void
+            return Effect.andThen(declareLost(outcome), Effect.suspend(() => {
+              const after = readStatus()
+              return after !== "Held" && after !== "Released" ? Effect.fail(after.error) : Effect.void
+            }))
+          })
+        }),
+      release: Effect.suspend(() => {
+        if (status === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
+        const wasLost = status !== "Held"
+        const close = closed ? Effect.void : Scope.close(scope, Exit.void)
+        return wasLost ? Effect.andThen(close, Effect.fail(new LockNotHeld({ name, owner, state: "lost" }))) : close
+      })
+    }
+    return lease
+  })
