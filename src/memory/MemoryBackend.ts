@@ -85,12 +85,18 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
     return entry
   }
 
+  // A change either wakes the listener's waiting deferred or is remembered
+  // as pending for its next wait: never both, so no change is lost.
   const notify = (entry: Entry) => {
     for (const listener of entry.listeners) {
-      listener.pending = true
-      if (listener.deferred !== undefined) {
-        Deferred.doneUnsafe(listener.deferred, Effect.void)
+      const waiting = listener.deferred
+      if (waiting !== undefined) {
+        // Detach first: completing may resume the waiter inline, and it must
+        // not find this (completed) deferred still armed.
         listener.deferred = undefined
+        Deferred.doneUnsafe(waiting, Effect.void)
+      } else {
+        listener.pending = true
       }
     }
   }
@@ -248,20 +254,9 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         const entry = entries.get(name)
         let earliest = Infinity
         if (entry !== undefined) for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
-        const wait = Deferred.await(deferred).pipe(Effect.tap(() => Effect.sync(() => (listener.pending = false))))
+        const wait = Deferred.await(deferred)
         if (earliest === Infinity) return wait
-        return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.raceFirst(
-            wait,
-            Effect.sleep(Math.max(0, earliest - now)).pipe(
-              Effect.tap(() =>
-                Effect.sync(() => {
-                  listener.deferred = undefined
-                  listener.pending = false
-                })
-              )
-            )
-          ))
+        return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now))))
       })
     })
 

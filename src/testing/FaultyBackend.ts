@@ -13,8 +13,8 @@
  *   `LockBackendUnavailable` without reaching the store.
  * - `setDelay(d)`: every call waits `d` (on `Clock`) before reaching the store.
  * - `partition("hang" | "fail", d?)`: every call hangs until the partition
- *   heals (then fails, as a lost request does) or fails at once; it heals
- *   after `d` on `Clock`, or on `heal`.
+ *   heals (then goes through) or fails at once; it heals after `d` on
+ *   `Clock`, or on `heal`.
  * - `dropExtensions(true)`: extensions answer `extended` but never reach the
  *   store, so the store expires the grant while the holder believes it holds.
  * - `setHook(f)`: `f` runs before and after every call with the call's index,
@@ -114,7 +114,6 @@ export const make = (
           const remaining = current.until - now
           const wait = Deferred.await(current.healed)
           yield* Number.isFinite(remaining) ? Effect.raceFirst(wait, Effect.sleep(remaining)) : wait
-          return yield* unavailable(operation, "partition (request lost)")
         }
         if (delayMillis > 0) yield* Effect.sleep(delayMillis)
         const result = yield* call

@@ -1,0 +1,4 @@
+import { MemoryBackend } from "../../src/index.ts"
+import { conformance } from "./suite.ts"
+
+conformance({ name: "memory", layer: MemoryBackend.layer })
