@@ -24,8 +24,8 @@ const prepare = (name: string, options: LockConfig.SemaphoreOptions) =>
     LockConfig.validatePermits(options?.limit, options?.permits),
     LockConfig.resolve(options)
   ]).pipe(
-    Effect.map(([name, { limit, permits }, resolved]) => ({
-      spec: { name, mode: "permits", permits, limit } satisfies Internal.Spec,
+    Effect.map(([valid, { limit, permits }, resolved]) => ({
+      spec: { name: valid, mode: "permits", permits, limit } satisfies Internal.Spec,
       resolved
     }))
   )
@@ -40,8 +40,11 @@ export const scoped = (
   name: string,
   options: LockConfig.SemaphoreOptions
 ): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-    Effect.map(Internal.acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow))
+  Effect.flatMap(
+    prepare(name, options),
+    ({ resolved, spec }) =>
+      Effect.map(Internal.acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
+  )
 
 /**
  * One attempt: `Some(lease)` if the permits are free now, else `None`.
@@ -63,15 +66,16 @@ export const tryScoped = (
  *
  * @since 0.1.0
  */
-export const withPermits = (name: string, options: LockConfig.SemaphoreOptions) =>
-<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
-  Effect.scoped(
-    Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-      Effect.flatMap(
-        Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }),
-        (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-      ))
-  )
+export const withPermits =
+  (name: string, options: LockConfig.SemaphoreOptions) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+    Effect.scoped(
+      Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
+        Effect.flatMap(
+          Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }),
+          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        ))
+    )
 
 /**
  * Permits free now. The limit is the one the current holders agreed on;

@@ -41,9 +41,9 @@ export const scoped = (
   name: string,
   options?: LockOptions
 ): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(Internal.prepare(name, options), ([name, resolved]) =>
+  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
     Effect.map(
-      Internal.acquire(exclusive(name), resolved, { wait: true, interruptHolder: true }),
+      Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: true }),
       Option.getOrThrow
     ))
 
@@ -59,7 +59,7 @@ export const tryScoped = (
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
   Effect.flatMap(
     Internal.prepare(name, options),
-    ([name, resolved]) => Internal.acquire(exclusive(name), resolved, { wait: false, interruptHolder: true })
+    ([valid, resolved]) => Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: true })
   )
 
 /**
@@ -80,15 +80,16 @@ export const runHeld = <A, E, R>(
  *
  * @since 0.1.0
  */
-export const withLock = (name: string, options?: LockOptions) =>
-<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
-  Effect.scoped(
-    Effect.flatMap(Internal.prepare(name, options), ([name, resolved]) =>
-      Effect.flatMap(
-        Internal.acquire(exclusive(name), resolved, { wait: true, interruptHolder: false }),
-        (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-      ))
-  )
+export const withLock =
+  (name: string, options?: LockOptions) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+    Effect.scoped(
+      Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+        Effect.flatMap(
+          Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: false }),
+          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        ))
+    )
 
 /**
  * Runs `effect` only if the lock is free now: `Some(result)`, or `None`
@@ -96,18 +97,19 @@ export const withLock = (name: string, options?: LockOptions) =>
  *
  * @since 0.1.0
  */
-export const withLockIfAvailable = (name: string, options?: LockOptions) =>
-<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Option.Option<A>, E | LockError, R | LockBackend> =>
-  Effect.scoped(
-    Effect.flatMap(Internal.prepare(name, options), ([name, resolved]) =>
-      Effect.flatMap(
-        Internal.acquire(exclusive(name), resolved, { wait: false, interruptHolder: false }),
-        Option.match({
-          onNone: () => Effect.succeedNone,
-          onSome: (lease) => Effect.asSome(runHeld(lease, effect, resolved.onLost))
-        })
-      ))
-  )
+export const withLockIfAvailable =
+  (name: string, options?: LockOptions) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Option.Option<A>, E | LockError, R | LockBackend> =>
+    Effect.scoped(
+      Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+        Effect.flatMap(
+          Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: false }),
+          Option.match({
+            onNone: () => Effect.succeedNone,
+            onSome: (lease) => Effect.asSome(runHeld(lease, effect, resolved.onLost))
+          })
+        ))
+    )
 
 /**
  * Holds several names at once, all or nothing. Names are acquired one by one
@@ -122,7 +124,7 @@ export const scopedAll = (
   options?: LockOptions
 ): Effect.Effect<ReadonlyArray<Lease>, LockError, LockBackend | Scope.Scope> =>
   Effect.gen(function*() {
-    const sorted = [...new Set(names)].sort()
+    const sorted = [...new Set(names)].toSorted()
     if (sorted.length === 0) return yield* new InvalidLockRequest({ field: "names", reason: "must not be empty" })
     for (const name of sorted) yield* LockConfig.validateName(name)
     const resolved = yield* LockConfig.resolve(options)

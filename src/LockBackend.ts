@@ -194,7 +194,7 @@ export class LockBackend extends Context.Service<LockBackend, LockBackendShape>(
       if (make === undefined) {
         return yield* new InvalidLockRequest({
           field: "LOCK_PROVIDER",
-          reason: `unknown lock provider "${provider}"; available: ${[...providers.keys()].sort().join(", ")}`
+          reason: `unknown lock provider "${provider}"; available: ${[...providers.keys()].toSorted().join(", ")}`
         })
       }
       return Layer.merge(make(), Layer.succeed(LockConfig.LockDefaults, defaults))

@@ -116,7 +116,9 @@ export const retryLinear = (options?: {
   const step = Duration.toMillis(options?.step ?? options?.initial ?? Duration.millis(25))
   const max = Duration.toMillis(options?.max ?? Duration.seconds(1))
   const linear = Schedule.forever.pipe(
-    Schedule.modifyDelay(({ attempt }) => Effect.succeed(Duration.millis(Math.min(max, initial + step * (attempt - 1)))))
+    Schedule.modifyDelay(({ attempt }) =>
+      Effect.succeed(Duration.millis(Math.min(max, initial + step * (attempt - 1))))
+    )
   )
   return finishRetry(linear, options)
 }

@@ -20,18 +20,26 @@ import type { LockError } from "./LockError.ts"
 const spec = (name: string, mode: LockMode): Internal.Spec => ({ name, mode, permits: 1, limit: 1 })
 
 const scopedMode = (mode: LockMode) => (name: string, options?: LockOptions) =>
-  Effect.flatMap(Internal.prepare(name, options), ([name, resolved]) =>
-    Effect.map(Internal.acquire(spec(name, mode), resolved, { wait: true, interruptHolder: true }), Option.getOrThrow))
-
-const withMode = (mode: LockMode) => (name: string, options?: LockOptions) =>
-<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
-  Effect.scoped(
-    Effect.flatMap(Internal.prepare(name, options), ([name, resolved]) =>
-      Effect.flatMap(
-        Internal.acquire(spec(name, mode), resolved, { wait: true, interruptHolder: false }),
-        (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-      ))
+  Effect.flatMap(
+    Internal.prepare(name, options),
+    ([valid, resolved]) =>
+      Effect.map(
+        Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: true }),
+        Option.getOrThrow
+      )
   )
+
+const withMode =
+  (mode: LockMode) =>
+  (name: string, options?: LockOptions) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+    Effect.scoped(
+      Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+        Effect.flatMap(
+          Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: false }),
+          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        ))
+    )
 
 /**
  * Waits for a read (shared) lease held until the scope closes.
@@ -46,8 +54,10 @@ export const read: (name: string, options?: LockOptions) => Effect.Effect<Lease,
  *
  * @since 0.1.0
  */
-export const write: (name: string, options?: LockOptions) => Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =
-  scopedMode("exclusive")
+export const write: (
+  name: string,
+  options?: LockOptions
+) => Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> = scopedMode("exclusive")
 
 /**
  * One attempt at a read lease: `None` if a writer holds or waits.
@@ -60,7 +70,7 @@ export const tryRead = (
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
   Effect.flatMap(
     Internal.prepare(name, options),
-    ([name, resolved]) => Internal.acquire(spec(name, "shared"), resolved, { wait: false, interruptHolder: true })
+    ([valid, resolved]) => Internal.acquire(spec(valid, "shared"), resolved, { wait: false, interruptHolder: true })
   )
 
 /**

@@ -180,7 +180,12 @@ const obtain = (
     const startedAt = yield* Clock.currentTimeMillis
     const timeout = Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const error = new LockTimeout({ name: spec.name, attempts, waitedMillis: now - startedAt, failures: [...failures] })
+      const error = new LockTimeout({
+        name: spec.name,
+        attempts,
+        waitedMillis: now - startedAt,
+        failures: [...failures]
+      })
       // Keep every backend failure met on the way in the Cause, after the timeout itself.
       const cause = failures.reduce<Cause.Cause<LockError>>(
         (acc, failure) => Cause.combine(acc, Cause.fail(failure)),
@@ -302,7 +307,7 @@ const makeLease = (
 
     const heartbeat = Effect.gen(function*() {
       const maxHoldDeadline = options.maxHoldMillis === undefined ? Infinity : acquiredAt + options.maxHoldMillis
-      while (status === "Held") {
+      while (readStatus() === "Held") {
         const now = yield* Clock.currentTimeMillis
         if (options.heartbeatMillis === undefined) {
           // No heartbeat: the lease ends at its expiry (manual `extend` moves it).
@@ -318,7 +323,7 @@ const makeLease = (
           return yield* declareLost("expired")
         }
         if (nextBeat > now) yield* Effect.sleep(nextBeat - now)
-        if (status !== "Held") return
+        if (readStatus() !== "Held") return
         const lossDeadline = lastOk + ttlMillis / 2
         const beforeCall = yield* Clock.currentTimeMillis
         const outcome = yield* extendRetrying(ttlMillis).pipe(
@@ -339,7 +344,9 @@ const makeLease = (
       }
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
-    }).pipe(Effect.withSpan(LockMetrics.spans.release, { attributes: { "lock.name": name, "lock.token": token.toString() } }))
+    }).pipe(
+      Effect.withSpan(LockMetrics.spans.release, { attributes: { "lock.name": name, "lock.token": token.toString() } })
+    )
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
     yield* Scope.addFinalizer(scope, finalize)
@@ -371,22 +378,29 @@ const makeLease = (
       ),
       lost: Deferred.await(lostSignal),
       extend: (ttl) =>
-        Effect.suspend((): Effect.Effect<void, LockLost | LockNotHeld | LockBackendUnavailable | InvalidLockRequest> => {
-          const current = readStatus()
-          if (current === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
-          if (current !== "Held") return Effect.fail(current.error)
-          const millis = ttl === undefined ? ttlMillis : Duration.toMillis(Duration.fromInputUnsafe(ttl))
-          if (!(millis > 0) || !Number.isFinite(millis)) {
-            return Effect.fail(new InvalidLockRequest({ field: "ttl", reason: "must be a finite duration greater than zero" }))
+        Effect.suspend(
+          (): Effect.Effect<void, LockLost | LockNotHeld | LockBackendUnavailable | InvalidLockRequest> => {
+            const current = readStatus()
+            if (current === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
+            if (current !== "Held") return Effect.fail(current.error)
+            const millis = ttl === undefined ? ttlMillis : Duration.toMillis(Duration.fromInputUnsafe(ttl))
+            if (!(millis > 0) || !Number.isFinite(millis)) {
+              return Effect.fail(
+                new InvalidLockRequest({ field: "ttl", reason: "must be a finite duration greater than zero" })
+              )
+            }
+            return Effect.flatMap(extendOnce(millis), (outcome) => {
+              if (outcome === "extended") return Effect.void
+              return Effect.andThen(
+                declareLost(outcome),
+                Effect.suspend(() => {
+                  const after = readStatus()
+                  return after !== "Held" && after !== "Released" ? Effect.fail(after.error) : Effect.void
+                })
+              )
+            })
           }
-          return Effect.flatMap(extendOnce(millis), (outcome) => {
-            if (outcome === "extended") return Effect.void
-            return Effect.andThen(declareLost(outcome), Effect.suspend(() => {
-              const after = readStatus()
-              return after !== "Held" && after !== "Released" ? Effect.fail(after.error) : Effect.void
-            }))
-          })
-        }),
+        ),
       release: Effect.suspend(() => {
         if (status === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
         const wasLost = status !== "Held"

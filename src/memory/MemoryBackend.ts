@@ -253,10 +253,13 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         listener.deferred = deferred
         const entry = entries.get(name)
         let earliest = Infinity
-        if (entry !== undefined) for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
+        if (entry !== undefined) {
+          for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
+        }
         const wait = Deferred.await(deferred)
         if (earliest === Infinity) return wait
-        return Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now))))
+        return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now))))
       })
     })
 
@@ -285,7 +288,14 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
             })
           }
           for (const w of entry.waiters) {
-            waiters.push({ name: n, owner: w.owner, mode: w.mode, permits: w.permits, since: w.since, metadata: w.metadata })
+            waiters.push({
+              name: n,
+              owner: w.owner,
+              mode: w.mode,
+              permits: w.permits,
+              since: w.since,
+              metadata: w.metadata
+            })
           }
           gc(n, entry)
         }

@@ -66,7 +66,9 @@ export interface FaultControlShape {
  *
  * @since 0.1.0
  */
-export class FaultControl extends Context.Service<FaultControl, FaultControlShape>()("effect-locks/testing/FaultControl") {}
+export class FaultControl
+  extends Context.Service<FaultControl, FaultControlShape>()("effect-locks/testing/FaultControl")
+{}
 
 /**
  * Wraps a backend; returns the faulty backend and its controls.

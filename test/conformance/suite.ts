@@ -51,7 +51,9 @@ const hourRetry = LockConfig.retryLinear({ initial: "1 hour", jitter: false })
 const observed = (inner: LockBackendShape) =>
   Effect.gen(function*() {
     const { backend, control } = yield* FaultyBackend.make(inner)
-    const pending: Array<{ readonly match: (call: FaultyBackend.CallInfo) => boolean; readonly done: Deferred.Deferred<void> }> = []
+    const pending: Array<
+      { readonly match: (call: FaultyBackend.CallInfo) => boolean; readonly done: Deferred.Deferred<void> }
+    > = []
     yield* control.setHook((call) =>
       Effect.sync(() => {
         for (let i = pending.length - 1; i >= 0; i--) {
@@ -78,8 +80,15 @@ const observed = (inner: LockBackendShape) =>
   })
 
 /** The contended waiter is registered: its attempt after subscribing has answered. */
-const waitingRegistered = (afterCalls: (op: FaultyBackend.Operation, n: number) => Effect.Effect<Effect.Effect<void>>) =>
-  afterCalls("tryAcquire", 2)
+const waitingRegistered = (
+  afterCalls: (op: FaultyBackend.Operation, n: number) => Effect.Effect<Effect.Effect<void>>
+) => afterCalls("tryAcquire", 2)
+
+const expectInvalid = (field: string, effect: Effect.Effect<unknown, unknown, LockBackend | Scope.Scope>) =>
+  Effect.gen(function*() {
+    const error = yield* Effect.flip(Effect.scoped(effect))
+    assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
+  })
 
 const nothingLeft = (prefix: string, options: ConformanceOptions) =>
   Effect.gen(function*() {
@@ -105,33 +114,36 @@ export const conformance = (options: ConformanceOptions): void => {
 
   describe(`conformance: ${options.name}`, () => {
     describe("exclusive lock", () => {
-      live("50 fibers compete for one name: no overlap, tokens strictly increasing", (prefix) =>
-        Effect.gen(function*() {
-          const name = `${prefix}-hot`
-          const resource = yield* FencedResource.make()
-          const rounds = 3
-          yield* Effect.forEach(
-            Array.from({ length: 50 }, (_, i) => i),
-            () =>
-              Effect.repeat(
-                Effect.scoped(
-                  Effect.flatMap(
-                    Lock.scoped(name, { timeout: "20 seconds" }),
-                    (lease) => resource.use(lease.token, Effect.yieldNow)
-                  )
+      live(
+        "50 fibers compete for one name: no overlap, tokens strictly increasing",
+        (prefix) =>
+          Effect.gen(function*() {
+            const name = `${prefix}-hot`
+            const resource = yield* FencedResource.make()
+            const rounds = 3
+            yield* Effect.forEach(
+              Array.from({ length: 50 }, (_, i) => i),
+              () =>
+                Effect.repeat(
+                  Effect.scoped(
+                    Effect.flatMap(
+                      Lock.scoped(name, { timeout: "20 seconds" }),
+                      (lease) => resource.use(lease.token, Effect.yieldNow)
+                    )
+                  ),
+                  Schedule.recurs(rounds - 1)
                 ),
-                Schedule.recurs(rounds - 1)
-              ),
-            { concurrency: "unbounded", discard: true }
-          )
-          const report = yield* resource.report
-          assert.strictEqual(report.entries.length, 50 * rounds)
-          assert.deepStrictEqual(report.overlaps, [])
-          assert.deepStrictEqual(report.rejected, [])
-          assert.strictEqual(report.maxConcurrent, 1)
-          assert.isTrue(report.strictlyIncreasing, "tokens must strictly increase")
-          assert.strictEqual(new Set(report.entries).size, report.entries.length, "no token issued twice")
-        }))
+              { concurrency: "unbounded", discard: true }
+            )
+            const report = yield* resource.report
+            assert.strictEqual(report.entries.length, 50 * rounds)
+            assert.deepStrictEqual(report.overlaps, [])
+            assert.deepStrictEqual(report.rejected, [])
+            assert.strictEqual(report.maxConcurrent, 1)
+            assert.isTrue(report.strictlyIncreasing, "tokens must strictly increase")
+            assert.strictEqual(new Set(report.entries).size, report.entries.length, "no token issued twice")
+          })
+      )
 
       live("try-lock returns none while held, some after release", (prefix) =>
         Effect.gen(function*() {
@@ -171,7 +183,9 @@ export const conformance = (options: ConformanceOptions): void => {
           const holder = yield* Lock.scoped(name)
           const registered = yield* waitingRegistered(view.afterCalls)
           // The waiter's retry interval is one hour; only the release's signal can wake it in time.
-          const waiter = yield* Lock.withLock(name, { retry: hourRetry, timeout: "10 seconds" })(Effect.succeed("woken")).pipe(
+          const waiter = yield* Lock.withLock(name, { retry: hourRetry, timeout: "10 seconds" })(
+            Effect.succeed("woken")
+          ).pipe(
             Effect.provideService(LockBackend, view.backend),
             Effect.forkChild
           )
@@ -202,17 +216,20 @@ export const conformance = (options: ConformanceOptions): void => {
           assert.deepStrictEqual(report.overlaps, [])
         }))
 
-      live("scopedAll is all or nothing: a timeout releases the names already taken", (prefix) =>
-        Effect.gen(function*() {
-          const a = `${prefix}-a`
-          const b = `${prefix}-b`
-          yield* Lock.scoped(b)
-          const exit = yield* Effect.exit(Effect.scoped(Lock.scopedAll([b, a], { timeout: "150 millis" })))
-          assert.isTrue(Exit.isFailure(exit))
-          // a was taken first (sorted order) and must be free again.
-          const again = yield* Effect.scoped(Lock.tryScoped(a))
-          assert.isTrue(Option.isSome(again))
-        }))
+      live(
+        "scopedAll is all or nothing: a timeout releases the names already taken",
+        (prefix) =>
+          Effect.gen(function*() {
+            const a = `${prefix}-a`
+            const b = `${prefix}-b`
+            yield* Lock.scoped(b)
+            const exit = yield* Effect.exit(Effect.scoped(Lock.scopedAll([b, a], { timeout: "150 millis" })))
+            assert.isTrue(Exit.isFailure(exit))
+            // a was taken first (sorted order) and must be free again.
+            const again = yield* Effect.scoped(Lock.tryScoped(a))
+            assert.isTrue(Option.isSome(again))
+          })
+      )
     })
 
     describe("read-write lock", () => {
@@ -225,7 +242,10 @@ export const conformance = (options: ConformanceOptions): void => {
           assert.isTrue(Option.isNone(yield* Effect.scoped(Lock.tryScoped(name))), "a writer waits for readers")
           yield* r1.release
           const w = yield* ReadWriteLock.write(name)
-          assert.isTrue(Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name))), "a reader waits for the writer")
+          assert.isTrue(
+            Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name))),
+            "a reader waits for the writer"
+          )
           yield* w.release
           assert.isTrue(Option.isSome(yield* Effect.scoped(ReadWriteLock.tryRead(name))))
         }))
@@ -243,7 +263,10 @@ export const conformance = (options: ConformanceOptions): void => {
           ).pipe(Effect.provideService(LockBackend, view.backend), Effect.forkChild)
           yield* writerRegistered
           // New readers arrive while the writer waits: none of them may overtake it.
-          assert.isTrue(Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name))), "tryRead must queue behind the writer")
+          assert.isTrue(
+            Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name))),
+            "tryRead must queue behind the writer"
+          )
           const readers = yield* Effect.forEach(
             Array.from({ length: 10 }, (_, i) => i),
             (i) =>
@@ -282,7 +305,9 @@ export const conformance = (options: ConformanceOptions): void => {
           assert.isAtMost(report.maxConcurrent, limit)
           const two = yield* DistributedSemaphore.scoped(name, { limit, permits: 2 })
           assert.strictEqual(yield* DistributedSemaphore.available(name), 1)
-          assert.isTrue(Option.isNone(yield* Effect.scoped(DistributedSemaphore.tryScoped(name, { limit, permits: 2 }))))
+          assert.isTrue(
+            Option.isNone(yield* Effect.scoped(DistributedSemaphore.tryScoped(name, { limit, permits: 2 })))
+          )
           yield* two.release
           assert.strictEqual(yield* DistributedSemaphore.available(name, limit), limit)
         }))
@@ -322,9 +347,10 @@ export const conformance = (options: ConformanceOptions): void => {
         Effect.gen(function*() {
           const name = `${prefix}-int-hold`
           const held = yield* Deferred.make<void>()
-          const fiber = yield* Lock.withLock(name)(Effect.andThen(Deferred.succeed(held, undefined), Effect.never)).pipe(
-            Effect.forkChild
-          )
+          const fiber = yield* Lock.withLock(name)(Effect.andThen(Deferred.succeed(held, undefined), Effect.never))
+            .pipe(
+              Effect.forkChild
+            )
           yield* Deferred.await(held)
           assert.strictEqual((yield* LockBackend.inspect(name)).holders.length, 1)
           yield* Fiber.interrupt(fiber)
@@ -370,7 +396,9 @@ export const conformance = (options: ConformanceOptions): void => {
               yield* Deferred.succeed(go, undefined)
               const exit = yield* Fiber.await(target)
               completed = Exit.isSuccess(exit)
-              if (Exit.isFailure(exit)) assert.isTrue(Cause.hasInterruptsOnly(exit.cause), `k=${k}: ${Cause.pretty(exit.cause)}`)
+              if (Exit.isFailure(exit)) {
+                assert.isTrue(Cause.hasInterruptsOnly(exit.cause), `k=${k}: ${Cause.pretty(exit.cause)}`)
+              }
               yield* Effect.ignore(rival.release)
               const { holders, waiters } = yield* LockBackend.inspect(name)
               assert.deepStrictEqual([holders.length, waiters.length], [0, 0], `k=${k} ${phase}: leaked`)
@@ -381,32 +409,38 @@ export const conformance = (options: ConformanceOptions): void => {
     })
 
     describe("lease loss", () => {
-      live("a holder that stops heartbeating loses the lease at TTL; its CAS then fails; the new holder is untouched", (prefix) =>
-        Effect.gen(function*() {
-          const name = `${prefix}-expire`
-          const inner = yield* LockBackend
-          const { backend, control } = yield* FaultyBackend.make(inner)
-          // The holder's extensions never reach the store.
-          yield* control.dropExtensions(true)
-          const lease = yield* Lock.scoped(name, { ttl: Duration.millis(ttl), onLost: "ignore" }).pipe(
-            Effect.provideService(LockBackend, backend)
-          )
-          const rival = yield* Lock.scoped(name, { ttl: Duration.millis(ttl * 10), timeout: Duration.millis(ttl * 10) })
-          assert.isTrue(rival.token > lease.token)
-          yield* control.dropExtensions(false)
-          const lost = yield* lease.lost
-          assert.strictEqual(lost.name, name)
-          assert.strictEqual(lost.token, lease.token)
-          assert.include(["expired", "stolen"], lost.reason)
-          assert.strictEqual((yield* lease.state)._tag, "Lost")
-          const { holders } = yield* LockBackend.inspect(name)
-          assert.deepStrictEqual(holders.map((h) => h.owner), [rival.owner])
-          assert.strictEqual((yield* rival.state)._tag, "Held")
-          // Releasing the lost lease must not touch the rival's grant.
-          const release = yield* Effect.flip(lease.release)
-          assert.strictEqual(release._tag, "LockNotHeld")
-          assert.deepStrictEqual((yield* LockBackend.inspect(name)).holders.map((h) => h.owner), [rival.owner])
-        }))
+      live(
+        "a holder that stops heartbeating loses the lease at TTL; its CAS then fails; the new holder is untouched",
+        (prefix) =>
+          Effect.gen(function*() {
+            const name = `${prefix}-expire`
+            const inner = yield* LockBackend
+            const { backend, control } = yield* FaultyBackend.make(inner)
+            // The holder's extensions never reach the store.
+            yield* control.dropExtensions(true)
+            const lease = yield* Lock.scoped(name, { ttl: Duration.millis(ttl), onLost: "ignore" }).pipe(
+              Effect.provideService(LockBackend, backend)
+            )
+            const rival = yield* Lock.scoped(name, {
+              ttl: Duration.millis(ttl * 10),
+              timeout: Duration.millis(ttl * 10)
+            })
+            assert.isTrue(rival.token > lease.token)
+            yield* control.dropExtensions(false)
+            const lost = yield* lease.lost
+            assert.strictEqual(lost.name, name)
+            assert.strictEqual(lost.token, lease.token)
+            assert.include(["expired", "stolen"], lost.reason)
+            assert.strictEqual((yield* lease.state)._tag, "Lost")
+            const { holders } = yield* LockBackend.inspect(name)
+            assert.deepStrictEqual(holders.map((h) => h.owner), [rival.owner])
+            assert.strictEqual((yield* rival.state)._tag, "Held")
+            // Releasing the lost lease must not touch the rival's grant.
+            const release = yield* Effect.flip(lease.release)
+            assert.strictEqual(release._tag, "LockNotHeld")
+            assert.deepStrictEqual((yield* LockBackend.inspect(name)).holders.map((h) => h.owner), [rival.owner])
+          })
+      )
 
       it.effect("partition: the holder is interrupted with LockLost before the TTL would have expired", () => {
         const prefix = freshPrefix()
@@ -445,56 +479,56 @@ export const conformance = (options: ConformanceOptions): void => {
     })
 
     describe("bad input", () => {
-      const expectInvalid = (field: string, effect: Effect.Effect<unknown, unknown, LockBackend | Scope.Scope>) =>
-        Effect.gen(function*() {
-          const error = yield* Effect.flip(Effect.scoped(effect))
-          assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
-        })
+      live(
+        "bad names, TTLs, heartbeats, limits and permits are typed errors; nothing is locked",
+        (prefix) =>
+          Effect.gen(function*() {
+            yield* expectInvalid("name", Lock.scoped(""))
+            yield* expectInvalid("name", Lock.scoped("x".repeat(1025)))
+            yield* expectInvalid("name", Lock.scoped("é".repeat(513)))
+            yield* expectInvalid("name", Lock.scoped(`${prefix}-\uD800`))
+            yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: 0 }))
+            yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: -5 }))
+            yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "1 second" }))
+            yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "501 millis" }))
+            yield* expectInvalid("limit", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 0 }))
+            yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 0 }))
+            yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 3 }))
+            yield* expectInvalid("names", Lock.scopedAll([]))
+            // A name of exactly 1,024 bytes is fine.
+            const edge = `${prefix}-`.padEnd(1024, "x")
+            assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped(edge))))
+          })
+      )
 
-      live("bad names, TTLs, heartbeats, limits and permits are typed errors; nothing is locked", (prefix) =>
-        Effect.gen(function*() {
-          yield* expectInvalid("name", Lock.scoped(""))
-          yield* expectInvalid("name", Lock.scoped("x".repeat(1025)))
-          yield* expectInvalid("name", Lock.scoped("é".repeat(513)))
-          yield* expectInvalid("name", Lock.scoped(`${prefix}-\uD800`))
-          yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: 0 }))
-          yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: -5 }))
-          yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "1 second" }))
-          yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "501 millis" }))
-          yield* expectInvalid("limit", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 0 }))
-          yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 0 }))
-          yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 3 }))
-          yield* expectInvalid("names", Lock.scopedAll([]))
-          // A name of exactly 1,024 bytes is fine.
-          const edge = `${prefix}-`.padEnd(1024, "x")
-          assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped(edge))))
-        }))
+      live(
+        "release twice, release after loss, extend after loss: typed errors, nothing locked",
+        (prefix) =>
+          Effect.gen(function*() {
+            const name = `${prefix}-twice`
+            const lease = yield* Lock.scoped(name)
+            yield* lease.release
+            const second = yield* Effect.flip(lease.release)
+            assert.deepInclude(second, { _tag: "LockNotHeld", state: "released" })
+            const extendAfterRelease = yield* Effect.flip(lease.extend())
+            assert.strictEqual(extendAfterRelease._tag, "LockNotHeld")
 
-      live("release twice, release after loss, extend after loss: typed errors, nothing locked", (prefix) =>
-        Effect.gen(function*() {
-          const name = `${prefix}-twice`
-          const lease = yield* Lock.scoped(name)
-          yield* lease.release
-          const second = yield* Effect.flip(lease.release)
-          assert.deepInclude(second, { _tag: "LockNotHeld", state: "released" })
-          const extendAfterRelease = yield* Effect.flip(lease.extend())
-          assert.strictEqual(extendAfterRelease._tag, "LockNotHeld")
-
-          const inner = yield* LockBackend
-          const { backend, control } = yield* FaultyBackend.make(inner)
-          yield* control.dropExtensions(true)
-          const doomed: Lease.Lease = yield* Lock.scoped(`${prefix}-lost`, {
-            ttl: Duration.millis(ttl),
-            heartbeat: false,
-            onLost: "ignore"
-          }).pipe(Effect.provideService(LockBackend, backend))
-          const lost = yield* doomed.lost
-          assert.strictEqual(lost.reason, "expired")
-          const extendAfterLoss = yield* Effect.flip(doomed.extend())
-          assert.deepInclude(extendAfterLoss, { _tag: "LockLost", reason: "expired" })
-          const releaseAfterLoss = yield* Effect.flip(doomed.release)
-          assert.deepInclude(releaseAfterLoss, { _tag: "LockNotHeld", state: "lost" })
-        }))
+            const inner = yield* LockBackend
+            const { backend, control } = yield* FaultyBackend.make(inner)
+            yield* control.dropExtensions(true)
+            const doomed: Lease.Lease = yield* Lock.scoped(`${prefix}-lost`, {
+              ttl: Duration.millis(ttl),
+              heartbeat: false,
+              onLost: "ignore"
+            }).pipe(Effect.provideService(LockBackend, backend))
+            const lost = yield* doomed.lost
+            assert.strictEqual(lost.reason, "expired")
+            const extendAfterLoss = yield* Effect.flip(doomed.extend())
+            assert.deepInclude(extendAfterLoss, { _tag: "LockLost", reason: "expired" })
+            const releaseAfterLoss = yield* Effect.flip(doomed.release)
+            assert.deepInclude(releaseAfterLoss, { _tag: "LockNotHeld", state: "lost" })
+          })
+      )
     })
   })
 }

@@ -1,0 +1,44 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { readFileSync } from "node:fs"
+import { LockBackend, MemoryBackend } from "../src/index.ts"
+
+// The guarantees tables in README.md and docs/guarantees.md must say what the
+// backends declare.
+const rows = (markdown: string) => {
+  const lines = markdown.split("\n")
+  let first = lines.findIndex((line) => line.startsWith("| mutual exclusion holds within"))
+  while (first > 0 && lines[first - 1]!.startsWith("|")) first--
+  const table: Array<Array<string>> = []
+  for (let i = first; i < lines.length && lines[i]!.startsWith("|"); i++) {
+    table.push(lines[i]!.split("|").slice(1, -1).map((cell) => cell.trim()))
+  }
+  return table
+}
+
+describe("guarantees tables", () => {
+  for (const file of ["README.md", "docs/guarantees.md"]) {
+    it.effect(`${file} matches the declared guarantees`, () =>
+      Effect.gen(function*() {
+        const backend = yield* LockBackend
+        const table = rows(readFileSync(file, "utf8"))
+        const header = table[0]!
+        const column = header.indexOf(backend.kind)
+        assert.isAbove(column, 0, `no ${backend.kind} column`)
+        const cell = (label: string) => table.find((row) => row[0] === label)?.[column]
+        const g = backend.guarantees
+        assert.strictEqual(cell("mutual exclusion holds within"), g.scope)
+        assert.strictEqual(cell("lease ends when"), g.leaseEnds)
+        assert.isTrue(cell("fencing token")?.startsWith(g.fencing), `fencing: ${cell("fencing token")}`)
+        assert.strictEqual(cell("wake-up"), g.wakeUp)
+        assert.strictEqual(cell("waiters served"), g.fairness)
+      }).pipe(Effect.provide(MemoryBackend.layer)))
+  }
+
+  it("the README's example is examples/quickstart.ts, which the type-check compiles", () => {
+    const readme = readFileSync("README.md", "utf8")
+    const block = readme.slice(readme.indexOf("```ts\n") + 6, readme.indexOf("```", readme.indexOf("```ts\n") + 6))
+    const example = readFileSync("examples/quickstart.ts", "utf8")
+    assert.isTrue(example.includes(block.trim()), "README example differs from examples/quickstart.ts")
+  })
+})
