@@ -98,10 +98,11 @@ export const acquire = (
     return yield* Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
         const obtained = yield* restore(obtain(backend, spec, owner, options, how)).pipe(
+          // A success is a grant (now owned by the lease) or a clean "taken"
+          // answer to a single attempt (nothing queued). Any other exit may
+          // have left a grant or a waiter registration on the store.
           Effect.onExit((exit) =>
-            Exit.isSuccess(exit) && Option.isSome(exit.value)
-              ? Effect.void
-              : bestEffortRelease(backend, spec.name, owner, options.ttlMillis)
+            Exit.isSuccess(exit) ? Effect.void : bestEffortRelease(backend, spec.name, owner, options.ttlMillis)
           ),
           Effect.tapCause((cause) => {
             const failure = Cause.findErrorOption(cause)
