@@ -49,13 +49,38 @@ export interface How {
   readonly timeoutMillis?: number | undefined
 }
 
-const counted = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>) =>
-  Metric.update(Metric.withAttributes(metric, attributes), 1)
+// Attributed metric handles, made once per attribute set (they are on the hot path).
+const handles = new Map<string, Metric.Metric<number, unknown>>()
+const counted = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>) => {
+  const key = `${metric.id}|${Object.values(attributes).join("|")}`
+  let handle = handles.get(key)
+  if (handle === undefined) {
+    handle = Metric.withAttributes(metric, attributes)
+    handles.set(key, handle)
+  }
+  return Metric.update(handle, 1)
+}
 
-const hex = (bytes: Uint8Array) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")
+// Owner ids take 16 bytes each from a pool filled by the CSPRNG 4 KiB at a
+// time: one `getRandomValues` call per acquisition costs more than the rest
+// of an uncontended in-memory grant.
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"))
+const pool = new Uint8Array(4096)
+let poolOffset = pool.length
 
 /** `<owner id>/<128 random bits>`: unique per acquisition and unguessable. */
-export const makeOwner = (ownerId: string): string => `${ownerId}/${hex(crypto.getRandomValues(new Uint8Array(16)))}`
+export const makeOwner = (ownerId: string): string => {
+  if (poolOffset + 16 > pool.length) {
+    crypto.getRandomValues(pool)
+    poolOffset = 0
+  }
+  let id = ""
+  for (let i = poolOffset; i < poolOffset + 16; i++) id += HEX[pool[i]!]
+  // Never hand out the same bytes twice.
+  pool.fill(0, poolOffset, poolOffset + 16)
+  poolOffset += 16
+  return `${ownerId}/${id}`
+}
 
 /** Validates the name and the options. */
 export const prepare = (name: string, options: LockConfig.LockOptions | undefined) =>
@@ -64,9 +89,11 @@ export const prepare = (name: string, options: LockConfig.LockOptions | undefine
 /** Upper bound of a best-effort cleanup call in a finalizer. */
 const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
 
+const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(10)), Schedule.recurs(3)])
+
 const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) =>
   backend.release(name, owner).pipe(
-    Effect.retry(Schedule.max([Schedule.exponential(Duration.millis(10)), Schedule.recurs(3)])),
+    Effect.retry(releaseRetry),
     Effect.timeoutOption(Duration.millis(cleanupBound(ttlMillis))),
     Effect.map(Option.getOrElse(() => false)),
     Effect.catch(() => Effect.succeed(false))
@@ -130,7 +157,7 @@ export const acquire = (
   }).pipe(
     Effect.withSpan(LockMetrics.spans.acquire, {
       attributes: { "lock.name": spec.name, "lock.mode": spec.mode, "lock.permits": spec.permits }
-    })
+    }, { captureStackTrace: false })
   )
 
 interface Obtained {
@@ -275,7 +302,7 @@ const makeLease = (
           Effect.andThen(counted(LockMetrics.losses, { ...modeAttr, reason })),
           Effect.withSpan(LockMetrics.spans.lost, {
             attributes: { "lock.name": name, "lock.token": token.toString(), "lock.reason": reason }
-          })
+          }, { captureStackTrace: false })
         )
       })
 
@@ -346,7 +373,9 @@ const makeLease = (
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
     }).pipe(
-      Effect.withSpan(LockMetrics.spans.release, { attributes: { "lock.name": name, "lock.token": token.toString() } })
+      Effect.withSpan(LockMetrics.spans.release, {
+        attributes: { "lock.name": name, "lock.token": token.toString() }
+      }, { captureStackTrace: false })
     )
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined

@@ -1,0 +1,151 @@
+/**
+ * Benchmark helpers shared by every backend's section: interleaved rounds of
+ * "library" vs "floor" in one process, and a contended handover run.
+ */
+import { Effect, type Layer } from "effect"
+import { Lock, LockBackend, type LockBackendShape, LockConfig } from "../src/index.ts"
+
+export interface UncontendedResult {
+  readonly section: string
+  readonly iterations: number
+  /** Median over rounds of the per-operation time, in microseconds. */
+  readonly libraryMicros: number
+  readonly floorMicros: number
+  readonly ratio: number
+}
+
+export interface ContendedResult {
+  readonly section: string
+  readonly fibers: number
+  readonly seconds: number
+  readonly acquisitionsPerSecond: number
+  /** Acquisitions whose holder differs from the previous holder. */
+  readonly handoversPerSecond: number
+  readonly waitP50Millis: number
+  readonly waitP99Millis: number
+  /** Most acquisitions by one fiber divided by the fewest. */
+  readonly fairness: number
+  readonly starved: number
+}
+
+const median = (values: ReadonlyArray<number>) => {
+  const sorted = values.toSorted((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)] ?? NaN
+}
+
+export const percentile = (values: ReadonlyArray<number>, p: number) => {
+  const sorted = values.toSorted((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? NaN
+}
+
+const now = Effect.sync(() => performance.now())
+
+/**
+ * Alternates rounds of `library` and `floor` (each `iterations` operations)
+ * so that both see the same machine noise; reports the median per-op time.
+ */
+export const uncontended = (options: {
+  readonly section: string
+  readonly rounds: number
+  readonly iterations: number
+  readonly library: Effect.Effect<void, unknown>
+  readonly floor: Effect.Effect<void, unknown>
+}): Effect.Effect<UncontendedResult, unknown> =>
+  Effect.gen(function*() {
+    const time = (op: Effect.Effect<void, unknown>) =>
+      Effect.gen(function*() {
+        const start = yield* now
+        for (let i = 0; i < options.iterations; i++) yield* op
+        return ((yield* now) - start) * 1000 / options.iterations
+      })
+    // Warm-up.
+    yield* time(options.library)
+    yield* time(options.floor)
+    const lib: Array<number> = []
+    const floor: Array<number> = []
+    for (let r = 0; r < options.rounds; r++) {
+      if (r % 2 === 0) {
+        lib.push(yield* time(options.library))
+        floor.push(yield* time(options.floor))
+      } else {
+        floor.push(yield* time(options.floor))
+        lib.push(yield* time(options.library))
+      }
+    }
+    const libraryMicros = median(lib)
+    const floorMicros = median(floor)
+    return {
+      section: options.section,
+      iterations: options.iterations,
+      libraryMicros,
+      floorMicros,
+      ratio: libraryMicros / floorMicros
+    }
+  })
+
+/** The floor of a backend: one grant and one release through the backend service itself. */
+export const backendFloor = (backend: LockBackendShape, name: string): Effect.Effect<void, unknown> =>
+  Effect.gen(function*() {
+    const owner = `floor-${Math.random()}`
+    yield* backend.tryAcquire({
+      name,
+      owner,
+      mode: "exclusive",
+      permits: 1,
+      limit: 1,
+      ttlMillis: 30_000,
+      metadata: {},
+      queue: false
+    })
+    yield* backend.release(name, owner)
+  })
+
+/** `fibers` fibers hand one name around for `millis`. */
+export const contended = (options: {
+  readonly section: string
+  readonly fibers: number
+  readonly millis: number
+  readonly name: string
+}): Effect.Effect<ContendedResult, unknown, LockBackend> =>
+  Effect.gen(function*() {
+    const counts = Array.from({ length: options.fibers }, () => 0)
+    const waits: Array<number> = []
+    let last = -1
+    let handovers = 0
+    const start = yield* now
+    const deadline = start + options.millis
+    const retry = LockConfig.retryExponential({ initial: "5 millis", max: "200 millis" })
+    yield* Effect.forEach(
+      counts.map((_, i) => i),
+      (i) =>
+        Effect.gen(function*() {
+          const t0 = yield* now
+          yield* Effect.scoped(Effect.gen(function*() {
+            yield* Lock.scoped(options.name, { retry })
+            waits.push((yield* now) - t0)
+            counts[i]!++
+            if (last !== i) handovers++
+            last = i
+          }))
+        }).pipe(Effect.repeat({ until: () => performance.now() >= deadline })),
+      { concurrency: "unbounded", discard: true }
+    )
+    const seconds = ((yield* now) - start) / 1000
+    const total = counts.reduce((a, b) => a + b, 0)
+    const min = Math.min(...counts)
+    return {
+      section: options.section,
+      fibers: options.fibers,
+      seconds,
+      acquisitionsPerSecond: total / seconds,
+      handoversPerSecond: handovers / seconds,
+      waitP50Millis: percentile(waits, 0.5),
+      waitP99Millis: percentile(waits, 0.99),
+      fairness: min === 0 ? Infinity : Math.max(...counts) / min,
+      starved: counts.filter((c) => c === 0).length
+    }
+  })
+
+/** Runs a section's effect on a backend layer. */
+export const onBackend = <A, E>(layer: Layer.Layer<LockBackend, unknown>, effect: Effect.Effect<A, E, LockBackend>) =>
+  Effect.provide(effect, layer)

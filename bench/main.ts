@@ -1,0 +1,75 @@
+/**
+ * `npm run bench`: each backend's section, in one process, printed as a table
+ * and written to bench/results/latest.json. Ratios are against the backend's
+ * own raw round trip measured in the same run (never absolute thresholds).
+ *
+ *   BENCH_SECTIONS=memory npm run bench
+ */
+import { Effect } from "effect"
+import { mkdirSync, writeFileSync } from "node:fs"
+import { Lock, LockBackend, MemoryBackend } from "../src/index.ts"
+import {
+  backendFloor,
+  contended,
+  type ContendedResult,
+  onBackend,
+  uncontended,
+  type UncontendedResult
+} from "./harness.ts"
+
+const sections = (process.env["BENCH_SECTIONS"] ?? "memory").split(",").map((s) => s.trim())
+const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
+
+const memory = onBackend(
+  MemoryBackend.layer,
+  Effect.gen(function*() {
+    const backend = yield* LockBackend
+    const u = yield* uncontended({
+      section: "memory",
+      rounds: 10,
+      iterations: 2000,
+      library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
+      floor: backendFloor(backend, "bench-floor")
+    })
+    const c = yield* contended({ section: "memory", fibers: 32, millis: contendedMillis, name: "bench-c" })
+    return { u, c }
+  })
+)
+
+const program = Effect.gen(function*() {
+  const uncontendedRows: Array<UncontendedResult> = []
+  const contendedRows: Array<ContendedResult> = []
+  if (sections.includes("memory")) {
+    const { u, c } = yield* memory
+    uncontendedRows.push(u)
+    contendedRows.push(c)
+  }
+  const f = (n: number, d = 1) => n.toFixed(d)
+  console.log("\nUncontended acquire + release (median per operation over interleaved rounds)")
+  console.log("| backend | library (µs) | floor (µs) | ratio |")
+  console.log("| --- | --- | --- | --- |")
+  for (const r of uncontendedRows) {
+    console.log(`| ${r.section} | ${f(r.libraryMicros)} | ${f(r.floorMicros)} | ${f(r.ratio, 2)}x |`)
+  }
+  console.log("\nContended: fibers handing one name around")
+  console.log("| backend | fibers | acq/s | handovers/s | wait p50 (ms) | wait p99 (ms) | fairness max/min | starved |")
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for (const r of contendedRows) {
+    console.log(
+      `| ${r.section} | ${r.fibers} | ${f(r.acquisitionsPerSecond, 0)} | ${f(r.handoversPerSecond, 0)} | ${
+        f(r.waitP50Millis, 2)
+      } | ${f(r.waitP99Millis, 2)} | ${f(r.fairness, 2)} | ${r.starved} |`
+    )
+  }
+  mkdirSync("bench/results", { recursive: true })
+  writeFileSync(
+    "bench/results/latest.json",
+    JSON.stringify({ date: new Date().toISOString(), node: process.version, uncontendedRows, contendedRows }, null, 2)
+  )
+  console.log("\nwritten: bench/results/latest.json")
+})
+
+Effect.runPromise(program).catch((error: unknown) => {
+  console.error(error)
+  process.exitCode = 1
+})
