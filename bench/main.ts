@@ -36,6 +36,8 @@ const memory = onBackend(
   })
 )
 
+const f = (n: number, d = 1) => n.toFixed(d)
+
 const program = Effect.gen(function*() {
   const uncontendedRows: Array<UncontendedResult> = []
   const contendedRows: Array<ContendedResult> = []
@@ -44,7 +46,6 @@ const program = Effect.gen(function*() {
     uncontendedRows.push(u)
     contendedRows.push(c)
   }
-  const f = (n: number, d = 1) => n.toFixed(d)
   console.log("\nUncontended acquire + release (median per operation over interleaved rounds)")
   console.log("| backend | library (µs) | floor (µs) | ratio |")
   console.log("| --- | --- | --- | --- |")
