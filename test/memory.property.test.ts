@@ -4,10 +4,10 @@
  * releases, extensions and clock moves, with the invariants checked after
  * every step against the backend's own inspection.
  */
-import { describe, it } from "@effect/vitest"
+import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Option } from "effect"
 import { TestClock } from "effect/testing"
-import fc from "fast-check"
+import * as fc from "fast-check"
 import { LockBackend, type LockMode, MemoryBackend } from "../src/index.ts"
 
 type Op =
@@ -122,15 +122,18 @@ const run = (ops: ReadonlyArray<Op>, permitsOf: (client: number) => number) =>
 
 describe("MemoryBackend (model-based)", () => {
   it("holds its invariants under random operation sequences", async () => {
+    let runs = 0
     await fc.assert(
       fc.asyncProperty(
         fc.array(op, { maxLength: 60 }),
         fc.array(fc.integer({ min: 1, max: LIMIT }), { minLength: CLIENTS, maxLength: CLIENTS }),
         async (ops, permits) => {
           await Effect.runPromise(run(ops, (client) => permits[client]!))
+          runs++
         }
       ),
       { numRuns: 300 }
     )
+    assert.isAtLeast(runs, 300)
   })
 })

@@ -5,8 +5,10 @@
  *
  * In tests of mutual exclusion: every holder enters the resource with its
  * lease's token. The resource accepts an operation only with a token at least
- * the highest it has seen, records each stale operation it rejected, and each
- * time more holders were inside at once than its capacity allows.
+ * the highest it has seen (with `capacity` N: at least the N-th highest, since
+ * N holders may enter in any order), records each stale operation it
+ * rejected, and each time more holders were inside at once than its capacity
+ * allows.
  *
  * @since 0.1.0
  */
@@ -38,7 +40,7 @@ export interface FencingReport {
   readonly maxConcurrent: number
   /** Tokens of accepted `use` entries, in entry order. */
   readonly entries: ReadonlyArray<bigint>
-  /** True when every accepted entry's token is greater than the one before. */
+  /** True when every accepted entry's token is greater than the one before (meaningful for capacity 1). */
   readonly strictlyIncreasing: boolean
 }
 
@@ -64,6 +66,10 @@ export interface FencedResource {
 export const make = (options?: { readonly capacity?: number }): Effect.Effect<FencedResource> =>
   Effect.sync(() => {
     const capacity = options?.capacity ?? 1
+    // The `capacity` highest tokens seen, ascending. With N holders allowed
+    // inside at once, a token is stale only when N later grants have been
+    // seen: holders of one semaphore may enter in any order.
+    const recent: Array<bigint> = []
     let highest = -1n
     let accepted = 0
     const rejected: Array<{ token: bigint; highest: bigint }> = []
@@ -74,11 +80,16 @@ export const make = (options?: { readonly capacity?: number }): Effect.Effect<Fe
     const entries: Array<bigint> = []
 
     const check = (token: bigint): boolean => {
-      if (token < highest) {
+      if (recent.length === capacity && token < recent[0]!) {
         rejected.push({ token, highest })
         return false
       }
-      highest = token
+      if (!recent.includes(token)) {
+        recent.push(token)
+        recent.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+        if (recent.length > capacity) recent.shift()
+      }
+      if (token > highest) highest = token
       accepted++
       return true
     }
