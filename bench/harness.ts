@@ -51,12 +51,12 @@ export const uncontended = (options: {
   readonly library: Effect.Effect<void, unknown>
   readonly floor: Effect.Effect<void, unknown>
 }): Effect.Effect<UncontendedResult, unknown> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const time = (op: Effect.Effect<void, unknown>) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const start = yield* now
         for (let i = 0; i < options.iterations; i++) yield* op
-        return ((yield* now) - start) * 1000 / options.iterations
+        return (((yield* now) - start) * 1000) / options.iterations
       })
     // Warm-up.
     yield* time(options.library)
@@ -85,7 +85,7 @@ export const uncontended = (options: {
 
 /** The floor of a backend: one grant and one release through the backend service itself. */
 export const backendFloor = (backend: LockBackendShape, name: string): Effect.Effect<void, unknown> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const owner = `floor-${Math.random()}`
     yield* backend.tryAcquire({
       name,
@@ -107,7 +107,7 @@ export const contended = (options: {
   readonly millis: number
   readonly name: string
 }): Effect.Effect<ContendedResult, unknown, LockBackend> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const counts = Array.from({ length: options.fibers }, () => 0)
     const waits: Array<number> = []
     let last = -1
@@ -118,15 +118,17 @@ export const contended = (options: {
     yield* Effect.forEach(
       counts.map((_, i) => i),
       (i) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const t0 = yield* now
-          yield* Effect.scoped(Effect.gen(function*() {
-            yield* Lock.scoped(options.name, { retry })
-            waits.push((yield* now) - t0)
-            counts[i]!++
-            if (last !== i) handovers++
-            last = i
-          }))
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              yield* Lock.scoped(options.name, { retry })
+              waits.push((yield* now) - t0)
+              counts[i]!++
+              if (last !== i) handovers++
+              last = i
+            })
+          )
         }).pipe(Effect.repeat({ until: () => performance.now() >= deadline })),
       { concurrency: "unbounded", discard: true }
     )

@@ -22,7 +22,7 @@ const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
 
 const memory = onBackend(
   MemoryBackend.layer,
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const backend = yield* LockBackend
     const u = yield* uncontended({
       section: "memory",
@@ -38,7 +38,7 @@ const memory = onBackend(
 
 const f = (n: number, d = 1) => n.toFixed(d)
 
-const program = Effect.gen(function*() {
+const program = Effect.gen(function* () {
   const uncontendedRows: Array<UncontendedResult> = []
   const contendedRows: Array<ContendedResult> = []
   if (sections.includes("memory")) {
@@ -57,9 +57,10 @@ const program = Effect.gen(function*() {
   console.log("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for (const r of contendedRows) {
     console.log(
-      `| ${r.section} | ${r.fibers} | ${f(r.acquisitionsPerSecond, 0)} | ${f(r.handoversPerSecond, 0)} | ${
-        f(r.waitP50Millis, 2)
-      } | ${f(r.waitP99Millis, 2)} | ${f(r.fairness, 2)} | ${r.starved} |`
+      `| ${r.section} | ${r.fibers} | ${f(r.acquisitionsPerSecond, 0)} | ${f(r.handoversPerSecond, 0)} | ${f(
+        r.waitP50Millis,
+        2
+      )} | ${f(r.waitP99Millis, 2)} | ${f(r.fairness, 2)} | ${r.starved} |`
     )
   }
   mkdirSync("bench/results", { recursive: true })

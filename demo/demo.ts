@@ -129,7 +129,10 @@ const FIRST_TASKS: ReadonlyArray<Task> = [
   { _tag: "permit" }
 ]
 const WEIGHTED_TASKS: ReadonlyArray<Task> = [
-  ...LOCK_NAMES.flatMap((name): Array<Task> => [{ _tag: "lock", name }, { _tag: "lock", name }]),
+  ...LOCK_NAMES.flatMap((name): Array<Task> => [
+    { _tag: "lock", name },
+    { _tag: "lock", name }
+  ]),
   { _tag: "read" },
   { _tag: "read" },
   { _tag: "read" },
@@ -158,32 +161,42 @@ interface ReadWriteGuard {
   readonly maxReaders: () => number
 }
 
-const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function*() {
+const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function* () {
   const fence = yield* FencedResource.make({ capacity: 1 })
   let readers = 0
   let writers = 0
   let conflicts = 0
   let maxReaders = 0
   const write = <A, E, R>(token: bigint, effect: Effect.Effect<A, E, R>) =>
-    fence.use(
-      token,
-      Effect.suspend(() => {
-        if (readers > 0) conflicts++
-        writers++
-        return Effect.ensuring(effect, Effect.sync(() => writers--))
-      })
-    ).pipe(
-      Effect.asSome,
-      // The fence recorded the stale token; the operation is skipped.
-      Effect.catchTag("StaleToken", () => Effect.succeedNone)
-    )
+    fence
+      .use(
+        token,
+        Effect.suspend(() => {
+          if (readers > 0) conflicts++
+          writers++
+          return Effect.ensuring(
+            effect,
+            Effect.sync(() => writers--)
+          )
+        })
+      )
+      .pipe(
+        Effect.asSome,
+        // The fence recorded the stale token; the operation is skipped.
+        Effect.catchTag("StaleToken", () => Effect.succeedNone)
+      )
   const read = <A, E, R>(token: bigint, effect: Effect.Effect<A, E, R>) =>
     Effect.flatMap(fence.write(token), (accepted) => {
       if (!accepted) return Effect.succeedNone
       if (writers > 0) conflicts++
       readers++
       maxReaders = Math.max(maxReaders, readers)
-      return Effect.asSome(Effect.ensuring(effect, Effect.sync(() => readers--)))
+      return Effect.asSome(
+        Effect.ensuring(
+          effect,
+          Effect.sync(() => readers--)
+        )
+      )
     })
   return { fence, read, write, conflicts: () => conflicts, maxReaders: () => maxReaders }
 })
@@ -202,7 +215,7 @@ const shortOwner = (owner: string): string => owner.slice(-4)
 
 const workerOf = (info: HolderInfo | WaiterInfo): string => info.metadata["worker"] ?? "?"
 
-const pad = (text: string, width: number): string => text.length >= width ? text : text.padEnd(width)
+const pad = (text: string, width: number): string => (text.length >= width ? text : text.padEnd(width))
 
 /**
  * The status table: one row per name (holders, then waiters in queue order),
@@ -222,12 +235,12 @@ export const renderStatus = (
     const held = holders.filter((h) => h.name === name).toSorted((a, b) => (a.token < b.token ? -1 : 1))
     const queued = waiters.filter((w) => w.name === name)
     const label = name === SEMAPHORE_NAME ? `${name} (${held.length}/${SEMAPHORE_LIMIT})` : name
-    const heldText = held.length === 0
-      ? "-"
-      : held.map((h) => `${workerOf(h)} ${modeLetter(name, h.mode)}#${h.token} ..${shortOwner(h.owner)}`).join(", ")
-    const queuedText = queued.length === 0
-      ? ""
-      : `  <- ${queued.map((w) => `${workerOf(w)}:${modeLetter(name, w.mode)}`).join(" ")}`
+    const heldText =
+      held.length === 0
+        ? "-"
+        : held.map((h) => `${workerOf(h)} ${modeLetter(name, h.mode)}#${h.token} ..${shortOwner(h.owner)}`).join(", ")
+    const queuedText =
+      queued.length === 0 ? "" : `  <- ${queued.map((w) => `${workerOf(w)}:${modeLetter(name, w.mode)}`).join(" ")}`
     return `  ${pad(label, 16)} ${heldText}${queuedText}`
   })
   const idle = workers.filter((w) => !busy.has(w))
@@ -266,18 +279,18 @@ export const renderSummary = (summary: DemoSummary): Array<string> => {
   const sum = (f: (n: NameSummary) => number) => summary.names.reduce((acc, n) => acc + f(n), 0)
   return [
     "",
-    `Summary: ${summary.workers} workers for ${
-      (summary.durationMillis / 1000).toFixed(2)
-    } s on the ${summary.backend} backend`,
+    `Summary: ${summary.workers} workers for ${(summary.durationMillis / 1000).toFixed(
+      2
+    )} s on the ${summary.backend} backend`,
     head,
     ...rows,
-    `total acquisitions: ${summary.totalAcquisitions}; per worker: ${
-      summary.perWorker.map((w) => `${w.worker} ${w.acquisitions}`).join(", ")
-    }`,
+    `total acquisitions: ${summary.totalAcquisitions}; per worker: ${summary.perWorker
+      .map((w) => `${w.worker} ${w.acquisitions}`)
+      .join(", ")}`,
     `leases lost: ${summary.lost}; left on the backend after shutdown: ${summary.leftBehind.holders} holders, ${summary.leftBehind.waiters} waiters`,
-    `violations: ${summary.violations} (overlaps ${sum((n) => n.overlaps)}, stale operations rejected ${
-      sum((n) => n.rejected)
-    }, reader/writer conflicts ${sum((n) => n.conflicts)})`,
+    `violations: ${summary.violations} (overlaps ${sum((n) => n.overlaps)}, stale operations rejected ${sum(
+      (n) => n.rejected
+    )}, reader/writer conflicts ${sum((n) => n.conflicts)})`,
     `fencing tokens strictly increasing on every exclusive name: ${summary.tokensIncreasing ? "yes" : "NO"}`,
     summary.ok ? "OK" : "FAILED"
   ]
@@ -288,10 +301,8 @@ export const renderSummary = (summary: DemoSummary): Array<string> => {
  * `statusEveryMillis`, then interrupts them (their scopes release every
  * lease) and returns the summary.
  */
-export const runDemo = (
-  options?: DemoOptions
-): Effect.Effect<DemoSummary, LockError, LockBackend> =>
-  Effect.gen(function*() {
+export const runDemo = (options?: DemoOptions): Effect.Effect<DemoSummary, LockError, LockBackend> =>
+  Effect.gen(function* () {
     const durationMillis = options?.durationMillis ?? 3_500
     const workerCount = options?.workers ?? 6
     const statusEveryMillis = options?.statusEveryMillis ?? 500
@@ -353,26 +364,28 @@ export const runDemo = (
     }
 
     const iteration = (worker: string, task: Task) =>
-      Effect.scoped(Effect.gen(function*() {
-        const name = nameOf(task)
-        const before = yield* Clock.monotonicTimeNanos
-        const lease = yield* acquireFor(task, { worker, run: runId })
-        const after = yield* Clock.monotonicTimeNanos
-        const s = stats.get(name)!
-        s.acquisitions++
-        if (task._tag === "read") s.reads++
-        if (task._tag === "write") s.writes++
-        s.waits.push(Number(after - before) / 1e6)
-        total++
-        perWorker.set(worker, (perWorker.get(worker) ?? 0) + 1)
-        const hold = yield* Random.nextIntBetween(HOLD_MIN_MILLIS, HOLD_MAX_MILLIS)
-        yield* critical(task, lease, Effect.sleep(hold)).pipe(
-          Effect.catchTag("LockLost", () => Effect.sync(() => lost++))
-        )
-      }))
+      Effect.scoped(
+        Effect.gen(function* () {
+          const name = nameOf(task)
+          const before = yield* Clock.monotonicTimeNanos
+          const lease = yield* acquireFor(task, { worker, run: runId })
+          const after = yield* Clock.monotonicTimeNanos
+          const s = stats.get(name)!
+          s.acquisitions++
+          if (task._tag === "read") s.reads++
+          if (task._tag === "write") s.writes++
+          s.waits.push(Number(after - before) / 1e6)
+          total++
+          perWorker.set(worker, (perWorker.get(worker) ?? 0) + 1)
+          const hold = yield* Random.nextIntBetween(HOLD_MIN_MILLIS, HOLD_MAX_MILLIS)
+          yield* critical(task, lease, Effect.sleep(hold)).pipe(
+            Effect.catchTag("LockLost", () => Effect.sync(() => lost++))
+          )
+        })
+      )
 
     const worker = (index: number) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const id = workers[index]!
         let next: Task = FIRST_TASKS[index % FIRST_TASKS.length]!
         while (true) {
@@ -384,7 +397,7 @@ export const runDemo = (
 
     const startedAt = yield* Clock.currentTimeMillis
     const status = (note?: string) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const now = yield* Clock.currentTimeMillis
         const inspection = yield* LockBackend.inspect()
         const elapsed = ((now - startedAt) / 1000).toFixed(1)
@@ -393,26 +406,24 @@ export const runDemo = (
       })
 
     output.line(
-      `effect-locks demo: ${workerCount} workers, ${backend.kind} backend, ${
-        (durationMillis / 1000).toFixed(1)
-      } s, run ${runId}`
+      `effect-locks demo: ${workerCount} workers, ${backend.kind} backend, ${(durationMillis / 1000).toFixed(
+        1
+      )} s, run ${runId}`
     )
     output.line(
-      `names: ${
-        LOCK_NAMES.join(", ")
-      } (exclusive), ${RW_NAME} (read-write), ${SEMAPHORE_NAME} (semaphore, limit ${SEMAPHORE_LIMIT})`
+      `names: ${LOCK_NAMES.join(
+        ", "
+      )} (exclusive), ${RW_NAME} (read-write), ${SEMAPHORE_NAME} (semaphore, limit ${SEMAPHORE_LIMIT})`
     )
     output.line(
       `holders: worker mode#token ..owner; X exclusive, R read, W write, P permit; "<-" waiters in queue order`
     )
 
-    const run = Effect.gen(function*() {
+    const run = Effect.gen(function* () {
       const all = yield* Effect.forkChild(
         Effect.forEach(workers, (_, i) => worker(i), { concurrency: "unbounded", discard: true })
       )
-      const ticker = yield* Effect.forkChild(
-        Effect.forever(Effect.andThen(Effect.sleep(statusEveryMillis), status()))
-      )
+      const ticker = yield* Effect.forkChild(Effect.forever(Effect.andThen(Effect.sleep(statusEveryMillis), status())))
       // Workers loop forever: the await ends first only if one failed.
       const early = yield* Effect.raceFirst(
         Effect.asSome(Fiber.await(all)),

@@ -37,7 +37,7 @@ const terminalOutput = (): DemoOutput => {
 // The first Ctrl-C ends the run early (summary still printed), a second one interrupts.
 const stop = Deferred.makeUnsafe<void>()
 
-const program = Effect.gen(function*() {
+const program = Effect.gen(function* () {
   const durationMillis = yield* Config.Int("DEMO_DURATION_MS").pipe(Config.withDefault(3_500))
   const summary = yield* runDemo({ durationMillis, output: terminalOutput(), stop: Deferred.await(stop) })
   if (!summary.ok) process.exitCode = 1

@@ -5,7 +5,7 @@ import { Lock, LockBackend } from "effect-locks"
 declare const writeWithToken: (token: bigint, row: string) => Effect.Effect<void>
 
 export const job = Effect.scoped(
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const lease = yield* Lock.scoped("reports:nightly", { ttl: "30 seconds", metadata: { job: "nightly" } })
     // The store refuses writes whose token is lower than one it has seen.
     yield* writeWithToken(lease.token, "report")

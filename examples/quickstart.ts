@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import { Lock, MemoryBackend } from "effect-locks"
 
 const program = Lock.withLock("invoices:2026-11", { ttl: "10 seconds", timeout: "5 seconds" })(
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     yield* Effect.log("only one process runs this at a time")
     return "done"
   })

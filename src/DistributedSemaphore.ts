@@ -40,10 +40,8 @@ export const scoped = (
   name: string,
   options: LockConfig.SemaphoreOptions
 ): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(
-    prepare(name, options),
-    ({ resolved, spec }) =>
-      Effect.map(Internal.acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
+  Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
+    Effect.map(Internal.acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
   )
 
 /**
@@ -55,9 +53,8 @@ export const tryScoped = (
   name: string,
   options: LockConfig.SemaphoreOptions
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(
-    prepare(name, options),
-    ({ resolved, spec }) => Internal.acquire(spec, resolved, { wait: false, interruptHolder: true })
+  Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
+    Internal.acquire(spec, resolved, { wait: false, interruptHolder: true })
   )
 
 /**
@@ -71,10 +68,10 @@ export const withPermits =
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-        Effect.flatMap(
-          Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }),
-          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-        ))
+        Effect.flatMap(Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }), (lease) =>
+          runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        )
+      )
     )
 
 /**
@@ -87,7 +84,7 @@ export const available = (
   name: string,
   limit?: number
 ): Effect.Effect<number, LockBackendUnavailable | InvalidLockRequest, LockBackend> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     yield* LockConfig.validateName(name)
     if (limit !== undefined) yield* LockConfig.validatePermits(limit, 1)
     const { holders } = yield* LockBackend.inspect(name)

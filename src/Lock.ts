@@ -42,10 +42,8 @@ export const scoped = (
   options?: LockOptions
 ): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
   Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-    Effect.map(
-      Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: true }),
-      Option.getOrThrow
-    ))
+    Effect.map(Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
+  )
 
 /**
  * One attempt, no waiting: `Some(lease)` if granted, `None` if held by
@@ -57,9 +55,8 @@ export const tryScoped = (
   name: string,
   options?: LockOptions
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(
-    Internal.prepare(name, options),
-    ([valid, resolved]) => Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: true })
+  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+    Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: true })
   )
 
 /**
@@ -85,10 +82,10 @@ export const withLock =
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-        Effect.flatMap(
-          Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: false }),
-          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-        ))
+        Effect.flatMap(Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: false }), (lease) =>
+          runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        )
+      )
     )
 
 /**
@@ -108,7 +105,8 @@ export const withLockIfAvailable =
             onNone: () => Effect.succeedNone,
             onSome: (lease) => Effect.asSome(runHeld(lease, effect, resolved.onLost))
           })
-        ))
+        )
+      )
     )
 
 /**
@@ -123,7 +121,7 @@ export const scopedAll = (
   names: Iterable<string>,
   options?: LockOptions
 ): Effect.Effect<ReadonlyArray<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const sorted = [...new Set(names)].toSorted()
     if (sorted.length === 0) return yield* new InvalidLockRequest({ field: "names", reason: "must not be empty" })
     for (const name of sorted) yield* LockConfig.validateName(name)
@@ -132,19 +130,19 @@ export const scopedAll = (
     const child = yield* Scope.fork(parent, "sequential")
     const started = yield* Clock.currentTimeMillis
     const acquireAll = Effect.forEach(sorted, (name) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const elapsed = (yield* Clock.currentTimeMillis) - started
-        const timeoutMillis = resolved.timeoutMillis === undefined
-          ? undefined
-          : Math.max(0, resolved.timeoutMillis - elapsed)
+        const timeoutMillis =
+          resolved.timeoutMillis === undefined ? undefined : Math.max(0, resolved.timeoutMillis - elapsed)
         const lease = yield* Internal.acquire(exclusive(name), resolved, {
           wait: true,
           interruptHolder: true,
           timeoutMillis
         })
         return Option.getOrThrow(lease)
-      }))
+      })
+    )
     return yield* Scope.provide(acquireAll, child).pipe(
-      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Scope.close(child, exit))
+      Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(child, exit)))
     )
   })

@@ -187,7 +187,7 @@ export class LockBackend extends Context.Service<LockBackend, LockBackendShape>(
    * `LOCK_PROVIDER` and the providers available.
    */
   static readonly layerConfig: Layer.Layer<LockBackend, Config.ConfigError | InvalidLockRequest> = Layer.unwrap(
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const provider = (yield* Config.String("LOCK_PROVIDER").pipe(Config.withDefault("memory"))).trim().toLowerCase()
       const defaults = yield* defaultsConfig
       const make = providers.get(provider)
@@ -202,7 +202,7 @@ export class LockBackend extends Context.Service<LockBackend, LockBackendShape>(
   )
 }
 
-const defaultsConfig = Effect.gen(function*() {
+const defaultsConfig = Effect.gen(function* () {
   const ttl = yield* Config.Duration("LOCK_DEFAULT_TTL").pipe(Config.withDefault(Duration.seconds(30)))
   const maxAttempts = yield* Config.Int("LOCK_RETRY_MAX_ATTEMPTS").pipe(Config.option)
   const initial = yield* Config.Duration("LOCK_RETRY_INITIAL_DELAY").pipe(Config.withDefault(Duration.millis(25)))

@@ -214,7 +214,7 @@ const durationMillis = (field: string, input: unknown): Effect.Effect<number, In
  * @since 0.1.0
  */
 export const resolve = (options: LockOptions | undefined): Effect.Effect<ResolvedOptions, InvalidLockRequest> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const defaults = yield* LockDefaults
     const opts = options ?? {}
     const ttlMillis = yield* durationMillis("ttl", opts.ttl ?? defaults.ttl)

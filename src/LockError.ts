@@ -47,8 +47,10 @@ export class LockTimeout extends Schema.TaggedError<LockTimeout>()("LockTimeout"
   failures: Schema.Array(Schema.Defect())
 }) {
   override get message(): string {
-    return `lock "${this.name}" not acquired after ${this.attempts} attempt(s) in ${this.waitedMillis} ms` +
+    return (
+      `lock "${this.name}" not acquired after ${this.attempts} attempt(s) in ${this.waitedMillis} ms` +
       (this.failures.length > 0 ? ` (${this.failures.length} backend failure(s) on the way)` : "")
+    )
   }
 }
 

@@ -20,13 +20,8 @@ import type { LockError } from "./LockError.ts"
 const spec = (name: string, mode: LockMode): Internal.Spec => ({ name, mode, permits: 1, limit: 1 })
 
 const scopedMode = (mode: LockMode) => (name: string, options?: LockOptions) =>
-  Effect.flatMap(
-    Internal.prepare(name, options),
-    ([valid, resolved]) =>
-      Effect.map(
-        Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: true }),
-        Option.getOrThrow
-      )
+  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+    Effect.map(Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
   )
 
 const withMode =
@@ -35,10 +30,10 @@ const withMode =
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-        Effect.flatMap(
-          Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: false }),
-          (lease) => runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-        ))
+        Effect.flatMap(Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: false }), (lease) =>
+          runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
+        )
+      )
     )
 
 /**
@@ -68,9 +63,8 @@ export const tryRead = (
   name: string,
   options?: LockOptions
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(
-    Internal.prepare(name, options),
-    ([valid, resolved]) => Internal.acquire(spec(valid, "shared"), resolved, { wait: false, interruptHolder: true })
+  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
+    Internal.acquire(spec(valid, "shared"), resolved, { wait: false, interruptHolder: true })
   )
 
 /**
@@ -81,9 +75,7 @@ export const tryRead = (
 export const withRead: (
   name: string,
   options?: LockOptions
-) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> = withMode(
-  "shared"
-)
+) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> = withMode("shared")
 
 /**
  * Runs `effect` holding the write lease.
@@ -93,6 +85,5 @@ export const withRead: (
 export const withWrite: (
   name: string,
   options?: LockOptions
-) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> = withMode(
-  "exclusive"
-)
+) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> =
+  withMode("exclusive")

@@ -5,13 +5,16 @@ import { MemoryBackend } from "../src/index.ts"
 
 describe("demo", () => {
   it.live("workers contend on every name with no violation, and nothing is left held", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const lines: Array<string> = []
       const frames: Array<ReadonlyArray<string>> = []
       const output: DemoOutput = { line: (text) => lines.push(text), frame: (frame) => frames.push(frame) }
       const summary = yield* runDemo({ durationMillis: 600, statusEveryMillis: 200, output })
 
-      assert.deepStrictEqual(summary.names.map((n) => n.name), [...LOCK_NAMES, RW_NAME, SEMAPHORE_NAME])
+      assert.deepStrictEqual(
+        summary.names.map((n) => n.name),
+        [...LOCK_NAMES, RW_NAME, SEMAPHORE_NAME]
+      )
       for (const n of summary.names) {
         assert.isAbove(n.acquisitions, 0, `acquisitions on ${n.name}`)
         assert.strictEqual(n.violations, 0, `violations on ${n.name}`)
@@ -36,5 +39,6 @@ describe("demo", () => {
       assert.isTrue(frames.some((frame) => frame.some((line) => /\bw\d X#\d+ \.\.[0-9a-f]{4}\b/.test(line))))
       assert.include(lines.join("\n"), "violations: 0")
       assert.strictEqual(lines.at(-1), "OK")
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 })

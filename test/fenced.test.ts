@@ -4,7 +4,7 @@ import { FencedResource } from "../src/testing/index.ts"
 
 describe("FencedResource", () => {
   it.effect("capacity 1: accepts tokens at least the highest, rejects and records stale ones", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const resource = yield* FencedResource.make()
       assert.isTrue(yield* resource.write(1n))
       assert.isTrue(yield* resource.write(3n))
@@ -14,11 +14,15 @@ describe("FencedResource", () => {
       assert.deepInclude(stale, { _tag: "StaleToken", token: 2n, highest: 3n })
       const report = yield* resource.report
       assert.strictEqual(report.accepted, 3)
-      assert.deepStrictEqual(report.rejected, [{ token: 2n, highest: 3n }, { token: 2n, highest: 3n }])
-    }))
+      assert.deepStrictEqual(report.rejected, [
+        { token: 2n, highest: 3n },
+        { token: 2n, highest: 3n }
+      ])
+    })
+  )
 
   it.effect("records an overlap when more holders are inside than the capacity", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const resource = yield* FencedResource.make()
       const inside = yield* Deferred.make<void>()
       const leave = yield* Deferred.make<void>()
@@ -33,10 +37,11 @@ describe("FencedResource", () => {
       assert.deepStrictEqual(report.overlaps, [{ token: 2n, inside: [1n] }])
       assert.strictEqual(report.maxConcurrent, 2)
       assert.isTrue(report.strictlyIncreasing)
-    }))
+    })
+  )
 
   it.effect("capacity N: holders may enter in any order; a token older than the N latest is stale", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const resource = yield* FencedResource.make({ capacity: 2 })
       // Two permits granted as 1 and 2; the holder of 2 enters first.
       assert.isTrue(yield* resource.write(2n))
@@ -46,5 +51,6 @@ describe("FencedResource", () => {
       assert.isTrue(yield* resource.write(2n))
       assert.isFalse(yield* resource.write(1n))
       assert.deepStrictEqual((yield* resource.report).rejected, [{ token: 1n, highest: 3n }])
-    }))
+    })
+  )
 })

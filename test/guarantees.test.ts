@@ -11,7 +11,11 @@ const rows = (markdown: string) => {
   while (first > 0 && lines[first - 1]!.startsWith("|")) first--
   const table: Array<Array<string>> = []
   for (let i = first; i < lines.length && lines[i]!.startsWith("|"); i++) {
-    table.push(lines[i]!.split("|").slice(1, -1).map((cell) => cell.trim()))
+    table.push(
+      lines[i]!.split("|")
+        .slice(1, -1)
+        .map((cell) => cell.trim())
+    )
   }
   return table
 }
@@ -19,7 +23,7 @@ const rows = (markdown: string) => {
 describe("guarantees tables", () => {
   for (const file of ["README.md", "docs/guarantees.md"]) {
     it.effect(`${file} matches the declared guarantees`, () =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const backend = yield* LockBackend
         const table = rows(readFileSync(file, "utf8"))
         const header = table[0]!
@@ -32,7 +36,8 @@ describe("guarantees tables", () => {
         assert.isTrue(cell("fencing token")?.startsWith(g.fencing), `fencing: ${cell("fencing token")}`)
         assert.strictEqual(cell("wake-up"), g.wakeUp)
         assert.strictEqual(cell("waiters served"), g.fairness)
-      }).pipe(Effect.provide(MemoryBackend.layer)))
+      }).pipe(Effect.provide(MemoryBackend.layer))
+    )
   }
 
   it("the README's example is examples/quickstart.ts, which the type-check compiles", () => {

@@ -34,7 +34,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 
 /** Runs ops on two names: "rw" (exclusive/shared) and "sem" (permits, limit 3). */
 const run = (ops: ReadonlyArray<Op>, permitsOf: (client: number) => number) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const backend = yield* LockBackend
     // Each client has at most one live attempt per name: a fresh owner per acquisition.
     const owners = new Map<string, string>()

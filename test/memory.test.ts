@@ -6,7 +6,7 @@ import { FaultyBackend } from "../src/testing/index.ts"
 
 describe("MemoryBackend", () => {
   it.live("a handover costs about one attempt per waiter, not a spin", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const { backend, control } = yield* FaultyBackend.make(yield* LockBackend)
       const fibers = 10
       const rounds = 15
@@ -30,10 +30,11 @@ describe("MemoryBackend", () => {
       // Every release wakes each waiter at most once (and each acquisition makes two
       // attempts around its subscription).
       assert.isAtMost(calls.tryAcquire, grants * (fibers + 2))
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 
   it.effect("waiters are granted in arrival order", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const holder = yield* Lock.scoped("fifo")
       const order: Array<number> = []
       const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
@@ -48,10 +49,11 @@ describe("MemoryBackend", () => {
       yield* holder.release
       yield* Fiber.joinAll(fibers)
       assert.deepStrictEqual(order, [0, 1, 2, 3, 4])
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 
   it.effect("a grant expires at its TTL on the Clock, and the expiry wakes waiters", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const inner = yield* LockBackend
       const { backend, control } = yield* FaultyBackend.make(inner)
       yield* control.dropExtensions(true)
@@ -68,12 +70,14 @@ describe("MemoryBackend", () => {
       yield* TestClock.adjust(1)
       yield* Fiber.join(waiter)
       assert.isTrue(yield* Deferred.isDone(granted))
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 
   it.effect("separate layers are separate stores", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const a = yield* Effect.scoped(Lock.tryScoped("x")).pipe(Effect.provide(MemoryBackend.layer))
       const b = yield* Effect.scoped(Lock.tryScoped("x")).pipe(Effect.provide(MemoryBackend.layer))
       assert.isTrue(Option.isSome(a) && Option.isSome(b))
-    }))
+    })
+  )
 })

@@ -9,7 +9,7 @@ const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attri
 
 /** Records the names of the spans started while `effect` runs. */
 const spansOf = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const base = yield* Tracer.Tracer
     const names: Array<string> = []
     const tracer = Tracer.make({
@@ -24,7 +24,7 @@ const spansOf = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
 
 describe("metrics and spans", () => {
   it.effect("acquisitions, contention, holders, hold and wait times are recorded", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const acquired0 = yield* count(LockMetrics.acquisitions, { mode: "exclusive", result: "acquired" })
       const contended0 = yield* count(LockMetrics.acquisitions, { mode: "exclusive", result: "contended" })
       const timeout0 = yield* count(LockMetrics.acquisitions, { mode: "exclusive", result: "timeout" })
@@ -53,10 +53,11 @@ describe("metrics and spans", () => {
       const hold = yield* Metric.value(LockMetrics.holdTime)
       assert.strictEqual(hold.count, holdCount0 + 1)
       assert.isAtLeast(hold.max, 1250)
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 
   it.effect("losses are counted by reason, extensions by result", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const lost0 = yield* count(LockMetrics.losses, { mode: "exclusive", reason: "unreachable" })
       const extended0 = yield* count(LockMetrics.extensions, { mode: "exclusive", result: "extended" })
       const { backend, control } = yield* FaultyBackend.make(yield* LockBackend)
@@ -72,20 +73,24 @@ describe("metrics and spans", () => {
       assert.strictEqual(lost.reason, "unreachable")
       assert.strictEqual(yield* count(LockMetrics.losses, { mode: "exclusive", reason: "unreachable" }), lost0 + 1)
       yield* control.heal
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 
   it.effect("a span per acquire, release and loss", () =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const { backend, control } = yield* FaultyBackend.make(yield* LockBackend)
       const { names } = yield* spansOf(
-        Effect.scoped(Effect.gen(function*() {
-          const lease = yield* Lock.scoped("s", { ttl: "3 seconds", onLost: "ignore" })
-          yield* control.partition("fail")
-          yield* TestClock.adjust("2 seconds")
-          yield* lease.lost
-          yield* control.heal
-        })).pipe(Effect.provideService(LockBackend, backend))
+        Effect.scoped(
+          Effect.gen(function* () {
+            const lease = yield* Lock.scoped("s", { ttl: "3 seconds", onLost: "ignore" })
+            yield* control.partition("fail")
+            yield* TestClock.adjust("2 seconds")
+            yield* lease.lost
+            yield* control.heal
+          })
+        ).pipe(Effect.provideService(LockBackend, backend))
       )
       assert.includeMembers(names, [LockMetrics.spans.acquire, LockMetrics.spans.lost, LockMetrics.spans.release])
-    }).pipe(Effect.provide(MemoryBackend.layer)))
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
 })

@@ -108,7 +108,7 @@ export const acquire = (
   options: LockConfig.ResolvedOptions,
   how: How
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const backend = yield* LockBackend
     if (options.requireFencing && backend.guarantees.fencing !== "strict") {
       return yield* new InvalidLockRequest({
@@ -123,7 +123,7 @@ export const acquire = (
     const modeAttr = { mode: spec.mode }
 
     return yield* Effect.uninterruptibleMask((restore) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const obtained = yield* restore(obtain(backend, spec, owner, options, how)).pipe(
           // A success is a grant (now owned by the lease) or a clean "taken"
           // answer to a single attempt (nothing queued). Any other exit may
@@ -136,10 +136,10 @@ export const acquire = (
             const result = Option.isNone(failure)
               ? "interrupted"
               : failure.value._tag === "LockTimeout"
-              ? "timeout"
-              : failure.value._tag === "InvalidLockRequest"
-              ? "invalid"
-              : "unavailable"
+                ? "timeout"
+                : failure.value._tag === "InvalidLockRequest"
+                  ? "invalid"
+                  : "unavailable"
             return counted(LockMetrics.acquisitions, { ...modeAttr, result })
           })
         )
@@ -155,9 +155,13 @@ export const acquire = (
       })
     )
   }).pipe(
-    Effect.withSpan(LockMetrics.spans.acquire, {
-      attributes: { "lock.name": spec.name, "lock.mode": spec.mode, "lock.permits": spec.permits }
-    }, { captureStackTrace: false })
+    Effect.withSpan(
+      LockMetrics.spans.acquire,
+      {
+        attributes: { "lock.name": spec.name, "lock.mode": spec.mode, "lock.permits": spec.permits }
+      },
+      { captureStackTrace: false }
+    )
   )
 
 interface Obtained {
@@ -199,14 +203,15 @@ const obtain = (
             failures.push(error)
             lastFailure = error
             return Option.none<Obtained>()
-          }))
+          })
+        )
       )
     }
   )
 
-  return Effect.gen(function*() {
+  return Effect.gen(function* () {
     const startedAt = yield* Clock.currentTimeMillis
-    const timeout = Effect.gen(function*() {
+    const timeout = Effect.gen(function* () {
       const now = yield* Clock.currentTimeMillis
       const error = new LockTimeout({
         name: spec.name,
@@ -222,35 +227,37 @@ const obtain = (
       return yield* Effect.failCause(cause)
     })
 
-    const loop = Effect.gen(function*() {
+    const loop = Effect.gen(function* () {
       const first = yield* attempt
       if (Option.isSome(first)) return first
       if (!how.wait) {
         if (lastFailure !== undefined) return yield* Effect.fail(lastFailure)
         return Option.none<Obtained>()
       }
-      return yield* Effect.scoped(Effect.gen(function*() {
-        const changed = yield* backend.subscribe(spec.name).pipe(
-          Effect.catch((error) =>
-            Effect.sync(() => {
-              failures.push(error)
-              return Effect.never
-            })
+      return yield* Effect.scoped(
+        Effect.gen(function* () {
+          const changed = yield* backend.subscribe(spec.name).pipe(
+            Effect.catch((error) =>
+              Effect.sync(() => {
+                failures.push(error)
+                return Effect.never
+              })
+            )
           )
-        )
-        const step = yield* Schedule.toStep(options.retry)
-        while (true) {
-          const next = yield* attempt
-          if (Option.isSome(next)) return next
-          const now = yield* Clock.currentTimeMillis
-          const delay = yield* step(now, lastFailure).pipe(
-            Effect.map(([, duration]) => Option.some(duration)),
-            Pull.catchDone(() => Effect.succeedNone)
-          )
-          if (Option.isNone(delay)) return yield* timeout
-          yield* Effect.raceFirst(changed, Effect.sleep(delay.value))
-        }
-      }))
+          const step = yield* Schedule.toStep(options.retry)
+          while (true) {
+            const next = yield* attempt
+            if (Option.isSome(next)) return next
+            const now = yield* Clock.currentTimeMillis
+            const delay = yield* step(now, lastFailure).pipe(
+              Effect.map(([, duration]) => Option.some(duration)),
+              Pull.catchDone(() => Effect.succeedNone)
+            )
+            if (Option.isNone(delay)) return yield* timeout
+            yield* Effect.raceFirst(changed, Effect.sleep(delay.value))
+          }
+        })
+      )
     })
 
     const timeoutMillis = how.timeoutMillis ?? options.timeoutMillis
@@ -269,14 +276,14 @@ const makeLease = (
   obtained: Obtained,
   holder: Fiber.Fiber<unknown, unknown> | undefined
 ): Effect.Effect<Lease> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const { name } = spec
     const token = obtained.token
     const scope = yield* Scope.fork(parent, "sequential")
     const acquiredAt = yield* Clock.currentTimeMillis
     let lastOk = obtained.sentAt
     let ttlMillis = options.ttlMillis
-    let status: "Held" | "Released" | LeaseState & { readonly _tag: "Lost" } = "Held"
+    let status: "Held" | "Released" | (LeaseState & { readonly _tag: "Lost" }) = "Held"
     let closed = false
     // Read through a function: the status changes from other fibers, so
     // TypeScript's narrowing of the variable would be wrong.
@@ -286,10 +293,9 @@ const makeLease = (
     yield* Metric.modify(LockMetrics.holders, 1)
 
     const leaveHeld = (now: number) =>
-      Effect.all([
-        Metric.modify(LockMetrics.holders, -1),
-        Metric.update(LockMetrics.holdTime, now - acquiredAt)
-      ], { discard: true })
+      Effect.all([Metric.modify(LockMetrics.holders, -1), Metric.update(LockMetrics.holdTime, now - acquiredAt)], {
+        discard: true
+      })
 
     const declareLost = (reason: LostReason) =>
       Effect.suspend(() => {
@@ -300,9 +306,13 @@ const makeLease = (
         if (holder !== undefined) holder.interruptUnsafe()
         return Effect.flatMap(Clock.currentTimeMillis, leaveHeld).pipe(
           Effect.andThen(counted(LockMetrics.losses, { ...modeAttr, reason })),
-          Effect.withSpan(LockMetrics.spans.lost, {
-            attributes: { "lock.name": name, "lock.token": token.toString(), "lock.reason": reason }
-          }, { captureStackTrace: false })
+          Effect.withSpan(
+            LockMetrics.spans.lost,
+            {
+              attributes: { "lock.name": name, "lock.token": token.toString(), "lock.reason": reason }
+            },
+            { captureStackTrace: false }
+          )
         )
       })
 
@@ -321,19 +331,22 @@ const makeLease = (
             counted(LockMetrics.extensions, { ...modeAttr, result: outcome === "extended" ? "extended" : "lost" })
           ),
           Effect.tapError(() => counted(LockMetrics.extensions, { ...modeAttr, result: "failed" }))
-        ))
+        )
+      )
 
     // Transient failures are retried with capped exponential backoff; the
     // caller bounds the whole by the loss deadline.
     const extendRetrying = (ttl: number) =>
       extendOnce(ttl).pipe(
-        Effect.retry(Schedule.min([
-          Schedule.exponential(Duration.millis(Math.max(1, Math.min(10, ttl / 100)))),
-          Schedule.spaced(Duration.millis(Math.max(1, ttl / 20)))
-        ]))
+        Effect.retry(
+          Schedule.min([
+            Schedule.exponential(Duration.millis(Math.max(1, Math.min(10, ttl / 100)))),
+            Schedule.spaced(Duration.millis(Math.max(1, ttl / 20)))
+          ])
+        )
       )
 
-    const heartbeat = Effect.gen(function*() {
+    const heartbeat = Effect.gen(function* () {
       const maxHoldDeadline = options.maxHoldMillis === undefined ? Infinity : acquiredAt + options.maxHoldMillis
       while (readStatus() === "Held") {
         const now = yield* Clock.currentTimeMillis
@@ -364,7 +377,7 @@ const makeLease = (
       }
     })
 
-    const finalize = Effect.gen(function*() {
+    const finalize = Effect.gen(function* () {
       closed = true
       if (status === "Held") {
         status = "Released"
@@ -373,9 +386,13 @@ const makeLease = (
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
     }).pipe(
-      Effect.withSpan(LockMetrics.spans.release, {
-        attributes: { "lock.name": name, "lock.token": token.toString() }
-      }, { captureStackTrace: false })
+      Effect.withSpan(
+        LockMetrics.spans.release,
+        {
+          attributes: { "lock.name": name, "lock.token": token.toString() }
+        },
+        { captureStackTrace: false }
+      )
     )
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
@@ -384,11 +401,13 @@ const makeLease = (
     // compare-and-delete, harmless if the store already dropped it).
     heartbeatFiber = yield* Effect.forkDetach(
       heartbeat.pipe(
-        Effect.andThen(Effect.suspend(() =>
-          status !== "Held" && status !== "Released"
-            ? bestEffortRelease(backend, name, owner, options.ttlMillis)
-            : Effect.void
-        ))
+        Effect.andThen(
+          Effect.suspend(() =>
+            status !== "Held" && status !== "Released"
+              ? bestEffortRelease(backend, name, owner, options.ttlMillis)
+              : Effect.void
+          )
+        )
       )
     )
 
@@ -403,8 +422,8 @@ const makeLease = (
         status === "Held"
           ? { _tag: "Held", expiresAt: lastOk + ttlMillis }
           : status === "Released"
-          ? { _tag: "Released" }
-          : status
+            ? { _tag: "Released" }
+            : status
       ),
       lost: Deferred.await(lostSignal),
       extend: (ttl) =>

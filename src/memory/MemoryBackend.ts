@@ -208,7 +208,7 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         if (holder === undefined) {
           const other = [...entry.holders.values()].some((h) => h.mode === "exclusive")
           gc(name, entry)
-          return other ? "stolen" as const : "expired" as const
+          return other ? ("stolen" as const) : ("expired" as const)
         }
         holder.expiresAt = now + ttlMillis
         return "extended" as const
@@ -231,7 +231,7 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
     )
 
   const subscribe = (name: string) =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const listener: Listener = { pending: false, deferred: undefined }
       entryFor(name).listeners.add(listener)
       yield* Effect.addFinalizer(() =>
@@ -259,7 +259,8 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         const wait = Deferred.await(deferred)
         if (earliest === Infinity) return wait
         return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now))))
+          Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now)))
+        )
       })
     })
 

@@ -66,9 +66,9 @@ export interface FaultControlShape {
  *
  * @since 0.1.0
  */
-export class FaultControl
-  extends Context.Service<FaultControl, FaultControlShape>()("effect-locks/testing/FaultControl")
-{}
+export class FaultControl extends Context.Service<FaultControl, FaultControlShape>()(
+  "effect-locks/testing/FaultControl"
+) {}
 
 /**
  * Wraps a backend; returns the faulty backend and its controls.
@@ -100,7 +100,7 @@ export const make = (
       operation: Operation,
       call: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | LockBackendUnavailable, R> =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const i = index++
         counts[operation]++
         if (hook !== undefined) yield* hook({ index: i, operation, phase: "before" })
@@ -150,7 +150,8 @@ export const make = (
               until: duration === undefined ? Infinity : now + Duration.toMillis(duration),
               healed: Deferred.makeUnsafe<void>()
             }
-          })),
+          })
+        ),
       heal: Effect.sync(healNow),
       dropExtensions: (value) => Effect.sync(() => (drop = value)),
       setHook: (value) => Effect.sync(() => (hook = value)),
@@ -166,7 +167,7 @@ export const make = (
  * @since 0.1.0
  */
 export const layer: Layer.Layer<LockBackend | FaultControl, never, LockBackend> = Layer.effectContext(
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const { backend, control } = yield* make(yield* LockBackend)
     return Context.make(LockBackend, backend).pipe(Context.add(FaultControl, control))
   })

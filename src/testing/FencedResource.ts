@@ -105,7 +105,10 @@ export const make = (options?: { readonly capacity?: number }): Effect.Effect<Fe
         inside.set(id, token)
         entries.push(token)
         maxConcurrent = Math.max(maxConcurrent, inside.size)
-        return Effect.ensuring(effect, Effect.sync(() => inside.delete(id)))
+        return Effect.ensuring(
+          effect,
+          Effect.sync(() => inside.delete(id))
+        )
       })
 
     const report = Effect.sync((): FencingReport => ({

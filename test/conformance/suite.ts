@@ -49,11 +49,12 @@ const hourRetry = LockConfig.retryLinear({ initial: "1 hour", jitter: false })
  * registered and subscribed" instead of sleeping.
  */
 const observed = (inner: LockBackendShape) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const { backend, control } = yield* FaultyBackend.make(inner)
-    const pending: Array<
-      { readonly match: (call: FaultyBackend.CallInfo) => boolean; readonly done: Deferred.Deferred<void> }
-    > = []
+    const pending: Array<{
+      readonly match: (call: FaultyBackend.CallInfo) => boolean
+      readonly done: Deferred.Deferred<void>
+    }> = []
     yield* control.setHook((call) =>
       Effect.sync(() => {
         for (let i = pending.length - 1; i >= 0; i--) {
@@ -85,17 +86,25 @@ const waitingRegistered = (
 ) => afterCalls("tryAcquire", 2)
 
 const expectInvalid = (field: string, effect: Effect.Effect<unknown, unknown, LockBackend | Scope.Scope>) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const error = yield* Effect.flip(Effect.scoped(effect))
     assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
   })
 
 const nothingLeft = (prefix: string, options: ConformanceOptions) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const { holders, waiters } = yield* LockBackend.inspect()
     const mine = (n: string) => n.startsWith(prefix)
-    assert.deepStrictEqual(holders.filter((h) => mine(h.name)).map((h) => h.name), [], "holders left behind")
-    assert.deepStrictEqual(waiters.filter((w) => mine(w.name)).map((w) => w.name), [], "waiters left behind")
+    assert.deepStrictEqual(
+      holders.filter((h) => mine(h.name)).map((h) => h.name),
+      [],
+      "holders left behind"
+    )
+    assert.deepStrictEqual(
+      waiters.filter((w) => mine(w.name)).map((w) => w.name),
+      [],
+      "waiters left behind"
+    )
     if (options.leakCheck !== undefined) yield* options.leakCheck(prefix)
   })
 
@@ -114,39 +123,36 @@ export const conformance = (options: ConformanceOptions): void => {
 
   describe(`conformance: ${options.name}`, () => {
     describe("exclusive lock", () => {
-      live(
-        "50 fibers compete for one name: no overlap, tokens strictly increasing",
-        (prefix) =>
-          Effect.gen(function*() {
-            const name = `${prefix}-hot`
-            const resource = yield* FencedResource.make()
-            const rounds = 3
-            yield* Effect.forEach(
-              Array.from({ length: 50 }, (_, i) => i),
-              () =>
-                Effect.repeat(
-                  Effect.scoped(
-                    Effect.flatMap(
-                      Lock.scoped(name, { timeout: "20 seconds" }),
-                      (lease) => resource.use(lease.token, Effect.yieldNow)
-                    )
-                  ),
-                  Schedule.recurs(rounds - 1)
+      live("50 fibers compete for one name: no overlap, tokens strictly increasing", (prefix) =>
+        Effect.gen(function* () {
+          const name = `${prefix}-hot`
+          const resource = yield* FencedResource.make()
+          const rounds = 3
+          yield* Effect.forEach(
+            Array.from({ length: 50 }, (_, i) => i),
+            () =>
+              Effect.repeat(
+                Effect.scoped(
+                  Effect.flatMap(Lock.scoped(name, { timeout: "20 seconds" }), (lease) =>
+                    resource.use(lease.token, Effect.yieldNow)
+                  )
                 ),
-              { concurrency: "unbounded", discard: true }
-            )
-            const report = yield* resource.report
-            assert.strictEqual(report.entries.length, 50 * rounds)
-            assert.deepStrictEqual(report.overlaps, [])
-            assert.deepStrictEqual(report.rejected, [])
-            assert.strictEqual(report.maxConcurrent, 1)
-            assert.isTrue(report.strictlyIncreasing, "tokens must strictly increase")
-            assert.strictEqual(new Set(report.entries).size, report.entries.length, "no token issued twice")
-          })
+                Schedule.recurs(rounds - 1)
+              ),
+            { concurrency: "unbounded", discard: true }
+          )
+          const report = yield* resource.report
+          assert.strictEqual(report.entries.length, 50 * rounds)
+          assert.deepStrictEqual(report.overlaps, [])
+          assert.deepStrictEqual(report.rejected, [])
+          assert.strictEqual(report.maxConcurrent, 1)
+          assert.isTrue(report.strictlyIncreasing, "tokens must strictly increase")
+          assert.strictEqual(new Set(report.entries).size, report.entries.length, "no token issued twice")
+        })
       )
 
       live("try-lock returns none while held, some after release", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-try`
           const first = yield* Lock.scoped(name)
           assert.isTrue(Option.isNone(yield* Lock.tryScoped(name)))
@@ -156,10 +162,11 @@ export const conformance = (options: ConformanceOptions): void => {
           assert.isTrue(Option.isSome(second))
           assert.isTrue(Option.getOrThrow(second).token > first.token)
           assert.deepStrictEqual(yield* Lock.withLockIfAvailable(name)(Effect.succeed(7)), Option.some(7))
-        }))
+        })
+      )
 
       live("timeout fails with LockTimeout while held", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-timeout`
           yield* Lock.scoped(name)
           const exit = yield* Effect.exit(Effect.scoped(Lock.scoped(name, { timeout: "150 millis" })))
@@ -173,10 +180,11 @@ export const conformance = (options: ConformanceOptions): void => {
             assert.isAtLeast(value.attempts, 1)
             assert.isAtLeast(value.waitedMillis, 150)
           }
-        }))
+        })
+      )
 
       live("a release wakes a waiter by signal, not by the retry interval", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-wake`
           const inner = yield* LockBackend
           const view = yield* observed(inner)
@@ -185,25 +193,22 @@ export const conformance = (options: ConformanceOptions): void => {
           // The waiter's retry interval is one hour; only the release's signal can wake it in time.
           const waiter = yield* Lock.withLock(name, { retry: hourRetry, timeout: "10 seconds" })(
             Effect.succeed("woken")
-          ).pipe(
-            Effect.provideService(LockBackend, view.backend),
-            Effect.forkChild
-          )
+          ).pipe(Effect.provideService(LockBackend, view.backend), Effect.forkChild)
           yield* registered
           yield* holder.release
           assert.strictEqual(yield* Fiber.join(waiter), "woken")
-        }))
+        })
+      )
 
       live("scopedAll([a,b]) racing scopedAll([b,a]) does not deadlock", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const a = `${prefix}-a`
           const b = `${prefix}-b`
           const resource = yield* FencedResource.make()
           const take = (names: ReadonlyArray<string>) =>
             Effect.scoped(
-              Effect.flatMap(
-                Lock.scopedAll(names, { timeout: "10 seconds" }),
-                (leases) => resource.use(leases[0]!.token, Effect.yieldNow)
+              Effect.flatMap(Lock.scopedAll(names, { timeout: "10 seconds" }), (leases) =>
+                resource.use(leases[0]!.token, Effect.yieldNow)
               )
             )
           yield* Effect.forEach(
@@ -214,27 +219,26 @@ export const conformance = (options: ConformanceOptions): void => {
           const report = yield* resource.report
           assert.strictEqual(report.entries.length, 20)
           assert.deepStrictEqual(report.overlaps, [])
-        }))
+        })
+      )
 
-      live(
-        "scopedAll is all or nothing: a timeout releases the names already taken",
-        (prefix) =>
-          Effect.gen(function*() {
-            const a = `${prefix}-a`
-            const b = `${prefix}-b`
-            yield* Lock.scoped(b)
-            const exit = yield* Effect.exit(Effect.scoped(Lock.scopedAll([b, a], { timeout: "150 millis" })))
-            assert.isTrue(Exit.isFailure(exit))
-            // a was taken first (sorted order) and must be free again.
-            const again = yield* Effect.scoped(Lock.tryScoped(a))
-            assert.isTrue(Option.isSome(again))
-          })
+      live("scopedAll is all or nothing: a timeout releases the names already taken", (prefix) =>
+        Effect.gen(function* () {
+          const a = `${prefix}-a`
+          const b = `${prefix}-b`
+          yield* Lock.scoped(b)
+          const exit = yield* Effect.exit(Effect.scoped(Lock.scopedAll([b, a], { timeout: "150 millis" })))
+          assert.isTrue(Exit.isFailure(exit))
+          // a was taken first (sorted order) and must be free again.
+          const again = yield* Effect.scoped(Lock.tryScoped(a))
+          assert.isTrue(Option.isSome(again))
+        })
       )
     })
 
     describe("read-write lock", () => {
       live("readers share, a writer excludes everyone", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-rw`
           const r1 = yield* ReadWriteLock.read(name)
           const r2 = yield* Effect.scoped(ReadWriteLock.tryRead(name))
@@ -248,10 +252,11 @@ export const conformance = (options: ConformanceOptions): void => {
           )
           yield* w.release
           assert.isTrue(Option.isSome(yield* Effect.scoped(ReadWriteLock.tryRead(name))))
-        }))
+        })
+      )
 
       live("a waiting writer is not starved by a stream of readers", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-starve`
           const inner = yield* LockBackend
           const view = yield* observed(inner)
@@ -279,12 +284,13 @@ export const conformance = (options: ConformanceOptions): void => {
           yield* Fiber.joinAll(readers)
           assert.strictEqual(order[0], "writer")
           assert.strictEqual(order.length, 11)
-        }))
+        })
+      )
     })
 
     describe("semaphore", () => {
       live("never more than limit permits held", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-sem`
           const limit = 3
           const resource = yield* FencedResource.make({ capacity: limit })
@@ -310,10 +316,11 @@ export const conformance = (options: ConformanceOptions): void => {
           )
           yield* two.release
           assert.strictEqual(yield* DistributedSemaphore.available(name, limit), limit)
-        }))
+        })
+      )
 
       live("permits > limit and limit 0 are typed errors", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-sem-bad`
           const tooMany = yield* Effect.flip(Effect.scoped(DistributedSemaphore.scoped(name, { limit: 2, permits: 3 })))
           assert.strictEqual(tooMany._tag, "InvalidLockRequest")
@@ -321,12 +328,13 @@ export const conformance = (options: ConformanceOptions): void => {
           const zero = yield* Effect.flip(Effect.scoped(DistributedSemaphore.scoped(name, { limit: 0 })))
           assert.strictEqual(zero._tag, "InvalidLockRequest")
           if (zero._tag === "InvalidLockRequest") assert.strictEqual(zero.field, "limit")
-        }))
+        })
+      )
     })
 
     describe("interruption", () => {
       live("while waiting: nothing held or queued afterwards", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-int-wait`
           const inner = yield* LockBackend
           const view = yield* observed(inner)
@@ -341,24 +349,25 @@ export const conformance = (options: ConformanceOptions): void => {
           const { waiters } = yield* LockBackend.inspect(name)
           assert.deepStrictEqual(waiters, [])
           yield* holder.release
-        }))
+        })
+      )
 
       live("while holding: released when the holder is interrupted", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const name = `${prefix}-int-hold`
           const held = yield* Deferred.make<void>()
-          const fiber = yield* Lock.withLock(name)(Effect.andThen(Deferred.succeed(held, undefined), Effect.never))
-            .pipe(
-              Effect.forkChild
-            )
+          const fiber = yield* Lock.withLock(name)(
+            Effect.andThen(Deferred.succeed(held, undefined), Effect.never)
+          ).pipe(Effect.forkChild)
           yield* Deferred.await(held)
           assert.strictEqual((yield* LockBackend.inspect(name)).holders.length, 1)
           yield* Fiber.interrupt(fiber)
           assert.deepStrictEqual((yield* LockBackend.inspect(name)).holders, [])
-        }))
+        })
+      )
 
       live("interruption injected at every backend operation leaks nothing", (prefix) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const inner = yield* LockBackend
           // Scenario: a rival holds the name; the target waits, is granted
           // when the rival releases, works, releases. The target is
@@ -375,7 +384,7 @@ export const conformance = (options: ConformanceOptions): void => {
               let target: Fiber.Fiber<unknown, unknown> | undefined
               let tries = 0
               yield* control.setHook((call) =>
-                Effect.gen(function*() {
+                Effect.gen(function* () {
                   if (call.operation === "tryAcquire" && call.phase === "after" && ++tries === 2) {
                     // The target is registered and subscribed: let the rival go.
                     yield* Effect.forkDetach(Effect.ignore(rival.release))
@@ -385,10 +394,11 @@ export const conformance = (options: ConformanceOptions): void => {
               )
               target = yield* Deferred.await(go).pipe(
                 Effect.andThen(
-                  Effect.scoped(Effect.flatMap(
-                    Lock.scoped(name, { retry: hourRetry, timeout: "10 seconds" }),
-                    (lease) => lease.extend()
-                  ))
+                  Effect.scoped(
+                    Effect.flatMap(Lock.scoped(name, { retry: hourRetry, timeout: "10 seconds" }), (lease) =>
+                      lease.extend()
+                    )
+                  )
                 ),
                 Effect.provideService(LockBackend, backend),
                 Effect.forkChild
@@ -405,14 +415,15 @@ export const conformance = (options: ConformanceOptions): void => {
             }
             assert.isTrue(completed, `the ${phase} scenario never ran to completion`)
           }
-        }))
+        })
+      )
     })
 
     describe("lease loss", () => {
       live(
         "a holder that stops heartbeating loses the lease at TTL; its CAS then fails; the new holder is untouched",
         (prefix) =>
-          Effect.gen(function*() {
+          Effect.gen(function* () {
             const name = `${prefix}-expire`
             const inner = yield* LockBackend
             const { backend, control } = yield* FaultyBackend.make(inner)
@@ -433,18 +444,24 @@ export const conformance = (options: ConformanceOptions): void => {
             assert.include(["expired", "stolen"], lost.reason)
             assert.strictEqual((yield* lease.state)._tag, "Lost")
             const { holders } = yield* LockBackend.inspect(name)
-            assert.deepStrictEqual(holders.map((h) => h.owner), [rival.owner])
+            assert.deepStrictEqual(
+              holders.map((h) => h.owner),
+              [rival.owner]
+            )
             assert.strictEqual((yield* rival.state)._tag, "Held")
             // Releasing the lost lease must not touch the rival's grant.
             const release = yield* Effect.flip(lease.release)
             assert.strictEqual(release._tag, "LockNotHeld")
-            assert.deepStrictEqual((yield* LockBackend.inspect(name)).holders.map((h) => h.owner), [rival.owner])
+            assert.deepStrictEqual(
+              (yield* LockBackend.inspect(name)).holders.map((h) => h.owner),
+              [rival.owner]
+            )
           })
       )
 
       it.effect("partition: the holder is interrupted with LockLost before the TTL would have expired", () => {
         const prefix = freshPrefix()
-        return Effect.gen(function*() {
+        return Effect.gen(function* () {
           const name = `${prefix}-partition`
           const inner = yield* LockBackend
           const { backend, control } = yield* FaultyBackend.make(inner)
@@ -479,55 +496,51 @@ export const conformance = (options: ConformanceOptions): void => {
     })
 
     describe("bad input", () => {
-      live(
-        "bad names, TTLs, heartbeats, limits and permits are typed errors; nothing is locked",
-        (prefix) =>
-          Effect.gen(function*() {
-            yield* expectInvalid("name", Lock.scoped(""))
-            yield* expectInvalid("name", Lock.scoped("x".repeat(1025)))
-            yield* expectInvalid("name", Lock.scoped("é".repeat(513)))
-            yield* expectInvalid("name", Lock.scoped(`${prefix}-\uD800`))
-            yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: 0 }))
-            yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: -5 }))
-            yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "1 second" }))
-            yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "501 millis" }))
-            yield* expectInvalid("limit", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 0 }))
-            yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 0 }))
-            yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 3 }))
-            yield* expectInvalid("names", Lock.scopedAll([]))
-            // A name of exactly 1,024 bytes is fine.
-            const edge = `${prefix}-`.padEnd(1024, "x")
-            assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped(edge))))
-          })
+      live("bad names, TTLs, heartbeats, limits and permits are typed errors; nothing is locked", (prefix) =>
+        Effect.gen(function* () {
+          yield* expectInvalid("name", Lock.scoped(""))
+          yield* expectInvalid("name", Lock.scoped("x".repeat(1025)))
+          yield* expectInvalid("name", Lock.scoped("é".repeat(513)))
+          yield* expectInvalid("name", Lock.scoped(`${prefix}-\uD800`))
+          yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: 0 }))
+          yield* expectInvalid("ttl", Lock.scoped(`${prefix}-a`, { ttl: -5 }))
+          yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "1 second" }))
+          yield* expectInvalid("heartbeat", Lock.scoped(`${prefix}-a`, { ttl: "1 second", heartbeat: "501 millis" }))
+          yield* expectInvalid("limit", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 0 }))
+          yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 0 }))
+          yield* expectInvalid("permits", DistributedSemaphore.scoped(`${prefix}-s`, { limit: 2, permits: 3 }))
+          yield* expectInvalid("names", Lock.scopedAll([]))
+          // A name of exactly 1,024 bytes is fine.
+          const edge = `${prefix}-`.padEnd(1024, "x")
+          assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped(edge))))
+        })
       )
 
-      live(
-        "release twice, release after loss, extend after loss: typed errors, nothing locked",
-        (prefix) =>
-          Effect.gen(function*() {
-            const name = `${prefix}-twice`
-            const lease = yield* Lock.scoped(name)
-            yield* lease.release
-            const second = yield* Effect.flip(lease.release)
-            assert.deepInclude(second, { _tag: "LockNotHeld", state: "released" })
-            const extendAfterRelease = yield* Effect.flip(lease.extend())
-            assert.strictEqual(extendAfterRelease._tag, "LockNotHeld")
+      live("release twice, release after loss, extend after loss: typed errors, nothing locked", (prefix) =>
+        Effect.gen(function* () {
+          const name = `${prefix}-twice`
+          const lease = yield* Lock.scoped(name)
+          yield* lease.release
+          const second = yield* Effect.flip(lease.release)
+          assert.deepInclude(second, { _tag: "LockNotHeld", state: "released" })
+          const extendAfterRelease = yield* Effect.flip(lease.extend())
+          assert.strictEqual(extendAfterRelease._tag, "LockNotHeld")
 
-            const inner = yield* LockBackend
-            const { backend, control } = yield* FaultyBackend.make(inner)
-            yield* control.dropExtensions(true)
-            const doomed: Lease.Lease = yield* Lock.scoped(`${prefix}-lost`, {
-              ttl: Duration.millis(ttl),
-              heartbeat: false,
-              onLost: "ignore"
-            }).pipe(Effect.provideService(LockBackend, backend))
-            const lost = yield* doomed.lost
-            assert.strictEqual(lost.reason, "expired")
-            const extendAfterLoss = yield* Effect.flip(doomed.extend())
-            assert.deepInclude(extendAfterLoss, { _tag: "LockLost", reason: "expired" })
-            const releaseAfterLoss = yield* Effect.flip(doomed.release)
-            assert.deepInclude(releaseAfterLoss, { _tag: "LockNotHeld", state: "lost" })
-          })
+          const inner = yield* LockBackend
+          const { backend, control } = yield* FaultyBackend.make(inner)
+          yield* control.dropExtensions(true)
+          const doomed: Lease.Lease = yield* Lock.scoped(`${prefix}-lost`, {
+            ttl: Duration.millis(ttl),
+            heartbeat: false,
+            onLost: "ignore"
+          }).pipe(Effect.provideService(LockBackend, backend))
+          const lost = yield* doomed.lost
+          assert.strictEqual(lost.reason, "expired")
+          const extendAfterLoss = yield* Effect.flip(doomed.extend())
+          assert.deepInclude(extendAfterLoss, { _tag: "LockLost", reason: "expired" })
+          const releaseAfterLoss = yield* Effect.flip(doomed.release)
+          assert.deepInclude(releaseAfterLoss, { _tag: "LockNotHeld", state: "lost" })
+        })
       )
     })
   })
