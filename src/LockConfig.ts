@@ -82,7 +82,8 @@ export interface LockDefaultsShape {
 
 /**
  * The default retry schedule: exponential from `initial` (25 ms), doubling,
- * capped at `max` (1 s), jittered (each delay scaled by 0.8 to 1.2).
+ * capped at `max` (default 1 s, or `initial` if longer), jittered (each delay
+ * scaled by 0.8 to 1.2). `maxAttempts` counts every attempt, the first included.
  *
  * @since 0.1.0
  */
@@ -92,16 +93,15 @@ export const retryExponential = (options?: {
   readonly jitter?: boolean | undefined
   readonly maxAttempts?: number | undefined
 }): RetrySchedule => {
-  const capped = Schedule.min([
-    Schedule.exponential(options?.initial ?? Duration.millis(25), 2),
-    Schedule.spaced(options?.max ?? Duration.seconds(1))
-  ])
+  const initial = options?.initial ?? Duration.millis(25)
+  const capped = Schedule.min([Schedule.exponential(initial, 2), Schedule.spaced(options?.max ?? defaultMax(initial))])
   return finishRetry(capped, options)
 }
 
 /**
  * A linear retry schedule: `initial`, `initial + step`, `initial + 2 step`, ...
- * capped at `max`, jittered unless `jitter: false`.
+ * capped at `max` (default 1 s, or `initial` if longer), jittered unless
+ * `jitter: false`.
  *
  * @since 0.1.0
  */
@@ -114,7 +114,7 @@ export const retryLinear = (options?: {
 }): RetrySchedule => {
   const initial = Duration.toMillis(options?.initial ?? Duration.millis(25))
   const step = Duration.toMillis(options?.step ?? options?.initial ?? Duration.millis(25))
-  const max = Duration.toMillis(options?.max ?? Duration.seconds(1))
+  const max = Duration.toMillis(options?.max ?? defaultMax(initial))
   const linear = Schedule.forever.pipe(
     Schedule.modifyDelay(({ attempt }) =>
       Effect.succeed(Duration.millis(Math.min(max, initial + step * (attempt - 1))))
@@ -122,6 +122,10 @@ export const retryLinear = (options?: {
   )
   return finishRetry(linear, options)
 }
+
+/** The default cap: 1 s, or the initial delay when that is longer (never cap below it). */
+const defaultMax = (initial: Duration.Input): Duration.Duration =>
+  Duration.max(Duration.seconds(1), Duration.fromInputUnsafe(initial))
 
 const finishRetry = (
   schedule: Schedule.Schedule<unknown, unknown>,

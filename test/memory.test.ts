@@ -16,7 +16,7 @@ describe("MemoryBackend", () => {
           Effect.repeat(
             Effect.scoped(
               Effect.andThen(
-                Lock.scoped("hot", { retry: LockConfig.retryLinear({ initial: "1 hour" }) }),
+                Lock.scoped("hot", { retry: LockConfig.retryLinear({ initial: "1 hour", max: "1 hour" }) }),
                 Effect.yieldNow
               )
             ),
@@ -60,7 +60,7 @@ describe("MemoryBackend", () => {
       yield* Lock.scoped("ttl", { ttl: "1 second", onLost: "ignore" }).pipe(Effect.provideService(LockBackend, backend))
       const granted = yield* Deferred.make<void>()
       const waiter = yield* Effect.forkChild(
-        Lock.withLock("ttl", { retry: LockConfig.retryLinear({ initial: "1 hour" }) })(
+        Lock.withLock("ttl", { retry: LockConfig.retryLinear({ initial: "1 hour", max: "1 hour" }) })(
           Deferred.succeed(granted, undefined)
         )
       )

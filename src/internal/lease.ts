@@ -219,11 +219,9 @@ const obtain = (
         waitedMillis: now - startedAt,
         failures: [...failures]
       })
-      // Keep every backend failure met on the way in the Cause, after the timeout itself.
-      const cause = failures.reduce<Cause.Cause<LockError>>(
-        (acc, failure) => Cause.combine(acc, Cause.fail(failure)),
-        Cause.fail(error)
-      )
+      // Keep every backend failure met on the way in the Cause, after the
+      // timeout itself (`fromReasons` keeps equal failures, `combine` would not).
+      const cause = Cause.fromReasons<LockError>([error, ...failures].map((e) => Cause.makeFailReason(e)))
       return yield* Effect.failCause(cause)
     })
 
@@ -245,16 +243,24 @@ const obtain = (
             )
           )
           const step = yield* Schedule.toStep(options.retry)
-          while (true) {
-            const next = yield* attempt
-            if (Option.isSome(next)) return next
-            const now = yield* Clock.currentTimeMillis
-            const delay = yield* step(now, lastFailure).pipe(
+          const nextDelay = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            step(now, lastFailure).pipe(
               Effect.map(([, duration]) => Option.some(duration)),
               Pull.catchDone(() => Effect.succeedNone)
             )
-            if (Option.isNone(delay)) return yield* timeout
-            yield* Effect.raceFirst(changed, Effect.sleep(delay.value))
+          )
+          // The attempt right after subscribing is the schedule's first retry
+          // (made at once: a release may have come before the subscription);
+          // each later retry waits for a change signal or the previous delay.
+          let pending = yield* nextDelay
+          if (Option.isNone(pending)) return yield* timeout
+          while (true) {
+            const next = yield* attempt
+            if (Option.isSome(next)) return next
+            const following = yield* nextDelay
+            if (Option.isNone(following)) return yield* timeout
+            yield* Effect.raceFirst(changed, Effect.sleep(pending.value))
+            pending = following
           }
         })
       )

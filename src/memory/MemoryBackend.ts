@@ -242,26 +242,37 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
           gc(name, entry)
         })
       )
-      // Completes on a change, or when the earliest current holder expires
-      // (an expiry is a change nobody announces).
-      return Effect.suspend(() => {
+      // Completes on a change, or once a current holder has expired (an
+      // expiry is a change nobody announces). A holder that extended in the
+      // meantime is waited for again, not reported as a change.
+      const earliestExpiry = () => {
+        const entry = entries.get(name)
+        let earliest = Infinity
+        if (entry !== undefined)
+          for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
+        return earliest
+      }
+      const next: Effect.Effect<void> = Effect.suspend(() => {
         if (listener.pending) {
           listener.pending = false
           return Effect.void
         }
         const deferred = listener.deferred ?? Deferred.makeUnsafe<void>()
         listener.deferred = deferred
-        const entry = entries.get(name)
-        let earliest = Infinity
-        if (entry !== undefined) {
-          for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
-        }
         const wait = Deferred.await(deferred)
+        const earliest = earliestExpiry()
         if (earliest === Infinity) return wait
         return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.raceFirst(wait, Effect.sleep(Math.max(0, earliest - now)))
+          Effect.raceFirst(
+            wait,
+            Effect.sleep(Math.max(0, earliest - now)).pipe(
+              Effect.andThen(Clock.currentTimeMillis),
+              Effect.flatMap((later) => (earliestExpiry() <= later ? Effect.void : next))
+            )
+          )
         )
       })
+      return next
     })
 
   const inspect = (name?: string) =>

@@ -42,7 +42,7 @@ let counter = 0
 const freshPrefix = () => `conf-${runId}-${counter++}`
 
 /** A long retry: any handover that happens is a signal, not a retry. */
-const hourRetry = LockConfig.retryLinear({ initial: "1 hour", jitter: false })
+const hourRetry = LockConfig.retryLinear({ initial: "1 hour", max: "1 hour", jitter: false })
 
 /**
  * A view of the backend that reports its calls, to await "the waiter is now
