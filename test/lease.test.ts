@@ -225,27 +225,35 @@ describe("lease: no heartbeat, maxHold", () => {
     }).pipe(Effect.provide(MemoryBackend.layer))
   )
 
-  it.effect("maxHold: extensions stop, the lease is lost (expired) at acquiredAt + maxHold and released", () =>
-    Effect.gen(function* () {
-      const { backend, control } = yield* faulty
-      yield* TestClock.adjust(500)
-      const lease = yield* Lock.scoped("maxhold", { ttl: "3 seconds", maxHold: "5 seconds", onLost: "ignore" }).pipe(
-        Effect.provideService(LockBackend, backend)
-      )
-      assert.strictEqual(lease.acquiredAt, 500)
-      yield* TestClock.adjust(4_999)
-      assert.strictEqual((yield* lease.state)._tag, "Held")
-      assert.strictEqual((yield* control.calls).extend, 4, "extended at 1, 2, 3 and 4 s")
-      // The store would keep it until 4.5 s + 3 s = 7.5 s.
-      assert.strictEqual((yield* LockBackend.inspect("maxhold")).holders[0]?.expiresAt, 7_500)
-      yield* TestClock.adjust(1)
-      assert.strictEqual(yield* Clock.currentTimeMillis, lease.acquiredAt + 5_000)
-      const state = yield* lease.state
-      assert.isTrue(state._tag === "Lost" && state.reason === "expired")
-      assert.strictEqual((yield* control.calls).extend, 4, "no extension past the budget")
-      assert.isAtLeast((yield* control.calls).release, 1)
-      yield* assertNothingLocked
-    }).pipe(Effect.provide(MemoryBackend.layer))
+  it.effect(
+    "maxHold: extensions stop, the lease is lost (expired) at acquiredAt + maxHold, released when its scope ends",
+    () =>
+      Effect.gen(function* () {
+        const { backend, control } = yield* faulty
+        yield* TestClock.adjust(500)
+        const lease = yield* Lock.scoped("maxhold", { ttl: "3 seconds", maxHold: "5 seconds", onLost: "ignore" }).pipe(
+          Effect.provideService(LockBackend, backend)
+        )
+        assert.strictEqual(lease.acquiredAt, 500)
+        yield* TestClock.adjust(4_999)
+        assert.strictEqual((yield* lease.state)._tag, "Held")
+        assert.strictEqual((yield* control.calls).extend, 4, "extended at 1, 2, 3 and 4 s")
+        // The store would keep it until 4.5 s + 3 s = 7.5 s.
+        assert.strictEqual((yield* LockBackend.inspect("maxhold")).holders[0]?.expiresAt, 7_500)
+        yield* TestClock.adjust(1)
+        assert.strictEqual(yield* Clock.currentTimeMillis, lease.acquiredAt + 5_000)
+        const state = yield* lease.state
+        assert.isTrue(state._tag === "Lost" && state.reason === "expired")
+        assert.strictEqual((yield* control.calls).extend, 4, "no extension past the budget")
+        // The holder may still be running until it stops: the store keeps the
+        // grant (no rival gets in) until the holder's scope closes.
+        assert.strictEqual((yield* LockBackend.inspect("maxhold")).holders.length, 1)
+        assert.strictEqual((yield* control.calls).release, 0)
+        const release = yield* Effect.flip(lease.release)
+        assert.deepInclude(release, { _tag: "LockNotHeld", state: "lost" })
+        assert.strictEqual((yield* control.calls).release, 1)
+        yield* assertNothingLocked
+      }).pipe(Effect.provide(MemoryBackend.layer))
   )
 })
 
@@ -571,6 +579,38 @@ describe("requireFencing", () => {
       assert.strictEqual(lease.name, "fence")
       yield* lease.release
       yield* assertNothingLocked
+    }).pipe(Effect.provide(MemoryBackend.layer))
+  )
+})
+
+describe("lease: after a loss", () => {
+  it.effect("no rival is granted while the lost holder's critical section still runs", () =>
+    Effect.gen(function* () {
+      const { backend, control } = yield* faulty
+      const entered = yield* Deferred.make<void>()
+      const finish = yield* Deferred.make<void>()
+      // A critical section that cannot stop at once (uninterruptible until told).
+      const holder = yield* Effect.forkChild(
+        Lock.withLock("safe", { ttl: "3 seconds" })(
+          Effect.uninterruptible(Effect.andThen(Deferred.succeed(entered, undefined), Deferred.await(finish)))
+        ).pipe(Effect.provideService(LockBackend, backend))
+      )
+      yield* Deferred.await(entered)
+      yield* control.partition("fail")
+      yield* TestClock.adjust(1_500)
+      // Lost (unreachable) at ttl/2; the store becomes reachable again at once.
+      yield* control.heal
+      yield* TestClock.adjust(100)
+      // The holder is still inside; the store must still refuse a rival.
+      const rival = yield* Effect.scoped(Lock.tryScoped("safe")).pipe(
+        // Let the holder finish whatever the check finds, so a failure cannot hang.
+        Effect.ensuring(Deferred.succeed(finish, undefined))
+      )
+      assert.isTrue(Option.isNone(rival), "a rival got in while the old holder was still running")
+      const exit = yield* Fiber.await(holder)
+      assert.deepInclude(errorOf(exit), { _tag: "LockLost", reason: "unreachable" })
+      // Once the critical section stopped, the scope released the grant.
+      assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped("safe"))))
     }).pipe(Effect.provide(MemoryBackend.layer))
   )
 })

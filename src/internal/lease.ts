@@ -403,19 +403,11 @@ const makeLease = (
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
     yield* Scope.addFinalizer(scope, finalize)
-    // After a loss, the heartbeat fiber also clears the grant at once (a
-    // compare-and-delete, harmless if the store already dropped it).
-    heartbeatFiber = yield* Effect.forkDetach(
-      heartbeat.pipe(
-        Effect.andThen(
-          Effect.suspend(() =>
-            status !== "Held" && status !== "Released"
-              ? bestEffortRelease(backend, name, owner, options.ttlMillis)
-              : Effect.void
-          )
-        )
-      )
-    )
+    // After a loss the grant is not released here: the holder may still be
+    // running until its interruption lands, and the store's remaining TTL is
+    // exactly the margin that keeps a rival out meanwhile. The finalizer
+    // releases once the scope closes, i.e. once the critical section stopped.
+    heartbeatFiber = yield* Effect.forkDetach(heartbeat)
 
     const lease: Lease = {
       name,
