@@ -65,7 +65,7 @@ export const tryScoped = (
  */
 export const withPermits =
   (name: string, options: LockConfig.SemaphoreOptions) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
         Effect.flatMap(Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }), (lease) =>

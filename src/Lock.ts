@@ -31,9 +31,14 @@ const exclusive = (name: string): Internal.Spec => ({ name, mode: "exclusive", p
  *
  * **Gotchas**
  *
- * With `onLost: "interrupt"` (the default) a lost lease interrupts the fiber
- * that acquired it; `lease.lost` says why. Prefer `withLock` to get the loss
- * as a typed `LockLost` failure.
+ * - With `onLost: "interrupt"` (the default) a lost lease interrupts the fiber
+ *   that ran `Lock.scoped`; `lease.lost` says why. Prefer `withLock` to get the
+ *   loss as a typed `LockLost` failure of the critical section.
+ * - That fiber must be the one that goes on to use the lease. Wrapped in
+ *   `Effect.timeout`, `Effect.race` or a concurrent `Effect.all`, the
+ *   acquisition runs in a short-lived fiber of its own, which a later loss
+ *   cannot usefully interrupt: use the `timeout` option instead, or
+ *   `onLost: "ignore"` and watch `lease.lost`.
  *
  * @since 0.1.0
  */
@@ -73,13 +78,16 @@ export const runHeld = <A, E, R>(
   onLost === "ignore" ? effect : Effect.raceFirst(effect, Effect.flatMap(lease.lost, Effect.fail))
 
 /**
- * Runs `effect` while holding the lock, waiting for it first.
+ * Runs `effect` while holding the lock, waiting for it first. A lost lease
+ * interrupts `effect` and the result fails with `LockLost` (unless
+ * `onLost: "ignore"`). Resources `effect` opens in its `Scope` are closed
+ * before the lock is released.
  *
  * @since 0.1.0
  */
 export const withLock =
   (name: string, options?: LockOptions) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
         Effect.flatMap(Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: false }), (lease) =>
@@ -96,7 +104,9 @@ export const withLock =
  */
 export const withLockIfAvailable =
   (name: string, options?: LockOptions) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Option.Option<A>, E | LockError, R | LockBackend> =>
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ): Effect.Effect<Option.Option<A>, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
         Effect.flatMap(

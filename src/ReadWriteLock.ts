@@ -27,7 +27,7 @@ const scopedMode = (mode: LockMode) => (name: string, options?: LockOptions) =>
 const withMode =
   (mode: LockMode) =>
   (name: string, options?: LockOptions) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, R | LockBackend> =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
     Effect.scoped(
       Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
         Effect.flatMap(Internal.acquire(spec(valid, mode), resolved, { wait: true, interruptHolder: false }), (lease) =>
@@ -75,7 +75,9 @@ export const tryRead = (
 export const withRead: (
   name: string,
   options?: LockOptions
-) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> = withMode("shared")
+) => <A, E, R>(
+  effect: Effect.Effect<A, E, R>
+) => Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> = withMode("shared")
 
 /**
  * Runs `effect` holding the write lease.
@@ -85,5 +87,6 @@ export const withRead: (
 export const withWrite: (
   name: string,
   options?: LockOptions
-) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | LockError, R | LockBackend> =
-  withMode("exclusive")
+) => <A, E, R>(
+  effect: Effect.Effect<A, E, R>
+) => Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> = withMode("exclusive")

@@ -503,16 +503,20 @@ describe("acquire: timeout, retry, wake-up", () => {
           Effect.flatMap(Lock.scoped("wake", { retry: hourRetry }), (lease) => Deferred.succeed(granted, lease.token))
         ).pipe(Effect.provideService(LockBackend, backend))
       )
-      // Less than the holder's TTL (30 s): the memory backend's signal also
-      // fires at the holder's (stale) expiry time.
-      yield* TestClock.adjust("20 seconds")
+      // The holder's heartbeat keeps it (TTL 30 s); the waiter's only other
+      // attempts are the refreshes of its registration, one per ttl/3.
+      yield* TestClock.adjust("25 seconds")
       assert.isFalse(yield* Deferred.isDone(granted))
-      assert.strictEqual((yield* control.calls).tryAcquire, 2, "attempt, subscribe, attempt, then wait")
+      assert.strictEqual(
+        (yield* control.calls).tryAcquire,
+        4,
+        "attempt, subscribe, attempt, refreshes at 10 s and 20 s"
+      )
       yield* holder.release
       yield* Fiber.join(waiter)
       assert.isTrue((yield* Deferred.await(granted)) > holder.token)
-      assert.strictEqual(yield* Clock.currentTimeMillis, 20_000, "no clock movement was needed")
-      assert.strictEqual((yield* control.calls).tryAcquire, 3)
+      assert.strictEqual(yield* Clock.currentTimeMillis, 25_000, "no clock movement was needed")
+      assert.strictEqual((yield* control.calls).tryAcquire, 5)
     }).pipe(Effect.provide(MemoryBackend.layer))
   )
 })

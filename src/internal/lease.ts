@@ -91,12 +91,30 @@ const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
 
 const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(10)), Schedule.recurs(3)])
 
+/**
+ * Releases (compare-and-delete) what `owner` holds or has queued. A few quick
+ * retries, bounded; if the store still cannot be reached, a detached fiber
+ * keeps trying once a second for one TTL, after which the store has expired
+ * the grant or registration by itself.
+ */
 const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) =>
   backend.release(name, owner).pipe(
     Effect.retry(releaseRetry),
-    Effect.timeoutOption(Duration.millis(cleanupBound(ttlMillis))),
-    Effect.map(Option.getOrElse(() => false)),
-    Effect.catch(() => Effect.succeed(false))
+    Effect.timeout(Duration.millis(cleanupBound(ttlMillis))),
+    Effect.catch(() =>
+      Effect.as(
+        Effect.forkDetach(
+          backend
+            .release(name, owner)
+            .pipe(
+              Effect.retry(
+                Schedule.max([Schedule.spaced(Duration.seconds(1)), Schedule.during(Duration.millis(ttlMillis))])
+              )
+            )
+        ),
+        false
+      )
+    )
   )
 
 /**
@@ -252,6 +270,25 @@ const obtain = (
           // The attempt right after subscribing is the schedule's first retry
           // (made at once: a release may have come before the subscription);
           // each later retry waits for a change signal or the previous delay.
+          // Waits for a change signal or `delay`. A waiter's registration on
+          // the store lives one TTL unless refreshed, so a long wait makes a
+          // refresh attempt every ttl/3 (which may also be granted).
+          const refreshMillis = Math.max(1, Math.floor(options.ttlMillis / 3))
+          const waitFor = (delay: Duration.Duration) =>
+            Effect.gen(function* () {
+              const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(delay)
+              while (true) {
+                const remaining = deadline - (yield* Clock.currentTimeMillis)
+                if (remaining <= 0) return Option.none<Obtained>()
+                const signalled = yield* Effect.raceFirst(
+                  Effect.as(changed, true),
+                  Effect.as(Effect.sleep(Math.min(remaining, refreshMillis)), false)
+                )
+                if (signalled || (yield* Clock.currentTimeMillis) >= deadline) return Option.none<Obtained>()
+                const refreshed = yield* attempt
+                if (Option.isSome(refreshed)) return refreshed
+              }
+            })
           let pending = yield* nextDelay
           if (Option.isNone(pending)) return yield* timeout
           while (true) {
@@ -259,7 +296,8 @@ const obtain = (
             if (Option.isSome(next)) return next
             const following = yield* nextDelay
             if (Option.isNone(following)) return yield* timeout
-            yield* Effect.raceFirst(changed, Effect.sleep(pending.value))
+            const woken = yield* waitFor(pending.value)
+            if (Option.isSome(woken)) return woken
             pending = following
           }
         })
@@ -295,6 +333,11 @@ const makeLease = (
     // TypeScript's narrowing of the variable would be wrong.
     const readStatus = (): typeof status => status
     const lostSignal = Deferred.makeUnsafe<LockLost>()
+    // Completed (and replaced) by each successful extension, so that the
+    // heartbeat recomputes its schedule after a manual `extend(ttl)`.
+    let extended = Deferred.makeUnsafe<void>()
+    const sleepUnlessExtended = (millis: number) =>
+      Effect.suspend(() => Effect.raceFirst(Effect.sleep(millis), Deferred.await(extended)))
     const modeAttr = { mode: spec.mode }
     yield* Metric.modify(LockMetrics.holders, 1)
 
@@ -303,13 +346,14 @@ const makeLease = (
         discard: true
       })
 
+    // Bookkeeping first, then wake whoever waits on the loss: completing the
+    // signal or interrupting the holder may run their continuations at once
+    // (closing this lease's scope and interrupting this very fiber).
     const declareLost = (reason: LostReason) =>
       Effect.suspend(() => {
         if (status !== "Held") return Effect.void
         const error = new LockLost({ name, token, reason })
         status = { _tag: "Lost", reason, error }
-        Deferred.doneUnsafe(lostSignal, Effect.succeed(error))
-        if (holder !== undefined) holder.interruptUnsafe()
         return Effect.flatMap(Clock.currentTimeMillis, leaveHeld).pipe(
           Effect.andThen(counted(LockMetrics.losses, { ...modeAttr, reason })),
           Effect.withSpan(
@@ -318,7 +362,14 @@ const makeLease = (
               attributes: { "lock.name": name, "lock.token": token.toString(), "lock.reason": reason }
             },
             { captureStackTrace: false }
-          )
+          ),
+          Effect.andThen(
+            Effect.sync(() => {
+              Deferred.doneUnsafe(lostSignal, Effect.succeed(error))
+              if (holder !== undefined) holder.interruptUnsafe()
+            })
+          ),
+          Effect.uninterruptible
         )
       })
 
@@ -330,6 +381,9 @@ const makeLease = (
               if (outcome === "extended") {
                 lastOk = Math.max(lastOk, sentAt)
                 ttlMillis = ttl
+                const done = extended
+                extended = Deferred.makeUnsafe<void>()
+                Deferred.doneUnsafe(done, Effect.void)
               }
             })
           ),
@@ -360,25 +414,38 @@ const makeLease = (
           // No heartbeat: the lease ends at its expiry (manual `extend` moves it).
           const until = Math.min(lastOk + ttlMillis, maxHoldDeadline)
           if (now >= until) return yield* declareLost("expired")
-          yield* Effect.sleep(until - now)
+          yield* sleepUnlessExtended(until - now)
           continue
         }
-        const interval = Math.min(options.heartbeatMillis, Math.max(1, Math.floor(ttlMillis / 3)))
+        // The configured interval; after a manual extend to another TTL, ttl/3 of it at most.
+        const interval =
+          ttlMillis === options.ttlMillis
+            ? options.heartbeatMillis
+            : Math.min(options.heartbeatMillis, Math.max(1, Math.floor(ttlMillis / 3)))
         const nextBeat = lastOk + interval
         if (nextBeat >= maxHoldDeadline) {
-          if (now < maxHoldDeadline) yield* Effect.sleep(maxHoldDeadline - now)
+          if (now < maxHoldDeadline) {
+            yield* sleepUnlessExtended(maxHoldDeadline - now)
+            continue
+          }
           return yield* declareLost("expired")
         }
-        if (nextBeat > now) yield* Effect.sleep(nextBeat - now)
-        if (readStatus() !== "Held") return
+        if (nextBeat > now) {
+          yield* sleepUnlessExtended(nextBeat - now)
+          continue
+        }
+        // Bounded by the loss deadline, and by maxHold: the budget ends the
+        // lease even while an extension is in flight.
         const lossDeadline = lastOk + ttlMillis / 2
-        const beforeCall = yield* Clock.currentTimeMillis
+        const deadline = Math.min(lossDeadline, maxHoldDeadline)
         const outcome = yield* extendRetrying(ttlMillis).pipe(
           Effect.timeoutOrElse({
-            duration: Duration.millis(Math.max(0, lossDeadline - beforeCall)),
-            orElse: () => Effect.succeed("unreachable" as const)
+            duration: Duration.millis(Math.max(0, deadline - now)),
+            orElse: () =>
+              Effect.succeed(maxHoldDeadline <= lossDeadline ? ("expired" as const) : ("unreachable" as const))
           })
         )
+        if ((yield* Clock.currentTimeMillis) >= maxHoldDeadline) return yield* declareLost("expired")
         if (outcome !== "extended") return yield* declareLost(outcome)
       }
     })

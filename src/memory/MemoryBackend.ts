@@ -46,6 +46,8 @@ interface Waiter {
   readonly mode: LockMode
   readonly permits: number
   readonly since: number
+  /** A registration lives one TTL unless its owner attempts again (the core refreshes every ttl/3). */
+  expiresAt: number
   readonly metadata: Readonly<Record<string, string>>
 }
 
@@ -108,7 +110,7 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
     }
   }
 
-  /** Drops expired holders; wakes the waiters when any was dropped. */
+  /** Drops expired holders and waiter registrations; wakes the waiters when any was dropped. */
   const sweep = (entry: Entry, now: number) => {
     let swept = false
     for (const [owner, holder] of entry.holders) {
@@ -116,6 +118,11 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         entry.holders.delete(owner)
         swept = true
       }
+    }
+    const live = entry.waiters.filter((waiter) => waiter.expiresAt > now)
+    if (live.length !== entry.waiters.length) {
+      entry.waiters = live
+      swept = true
     }
     if (swept) notify(entry)
   }
@@ -163,8 +170,11 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
           })
         )
       }
-      if (entry.holders.has(request.owner)) {
-        return Effect.fail(new InvalidLockRequest({ field: "owner", reason: "already holds this name" }))
+      const existing = entry.holders.get(request.owner)
+      if (existing !== undefined) {
+        // A repeated request (e.g. a retry after a lost answer) gets the same grant.
+        existing.expiresAt = now + request.ttlMillis
+        return Effect.succeed(Option.some<Grant>({ token: existing.token }))
       }
       entry.kind = kind
       entry.limit = request.limit
@@ -177,8 +187,11 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
             mode: request.mode,
             permits: request.permits,
             since: now,
+            expiresAt: now + request.ttlMillis,
             metadata: request.metadata
           })
+        } else if (index !== -1) {
+          entry.waiters[index]!.expiresAt = now + request.ttlMillis
         }
         gc(request.name, entry)
         return Effect.succeed(Option.none<Grant>())
@@ -194,7 +207,16 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         expiresAt: now + request.ttlMillis,
         metadata: request.metadata
       })
-      return Effect.succeed(Option.some<Grant>({ token: counter }))
+      const grant = Option.some<Grant>({ token: counter })
+      // A queued permit holder left the queue with permits to spare: the next
+      // waiter may fit now. Signalled from another fiber, after this answer,
+      // since a signal resumes waiters at once.
+      if (index !== -1 && request.mode === "permits" && entry.waiters.length > 0) {
+        let held = 0
+        for (const holder of entry.holders.values()) held += holder.permits
+        if (held < entry.limit) return Effect.as(Effect.forkDetach(Effect.sync(() => notify(entry))), grant)
+      }
+      return Effect.succeed(grant)
     })
 
   const extend = (name: string, owner: string, ttlMillis: number) =>
@@ -243,36 +265,45 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
         })
       )
       // Completes on a change, or once a current holder has expired (an
-      // expiry is a change nobody announces). A holder that extended in the
-      // meantime is waited for again, not reported as a change.
+      // expiry is a change nobody announces; a holder that extended in the
+      // meantime is waited for again). An abandoned wait disarms itself, so
+      // a later change is remembered as pending rather than lost.
       const earliestExpiry = () => {
         const entry = entries.get(name)
         let earliest = Infinity
-        if (entry !== undefined)
+        if (entry !== undefined) {
           for (const holder of entry.holders.values()) earliest = Math.min(earliest, holder.expiresAt)
+          for (const waiter of entry.waiters) earliest = Math.min(earliest, waiter.expiresAt)
+        }
         return earliest
       }
-      const next: Effect.Effect<void> = Effect.suspend(() => {
-        if (listener.pending) {
-          listener.pending = false
-          return Effect.void
+      const disarm = (deferred: Deferred.Deferred<void>) =>
+        Effect.sync(() => {
+          if (listener.deferred === deferred) listener.deferred = undefined
+        })
+      return Effect.gen(function* () {
+        while (true) {
+          if (listener.pending) {
+            listener.pending = false
+            return
+          }
+          const deferred = listener.deferred ?? Deferred.makeUnsafe<void>()
+          listener.deferred = deferred
+          const earliest = earliestExpiry()
+          const now = yield* Clock.currentTimeMillis
+          const changed = yield* (
+            earliest === Infinity
+              ? Effect.as(Deferred.await(deferred), true)
+              : Effect.raceFirst(
+                  Effect.as(Deferred.await(deferred), true),
+                  Effect.as(Effect.sleep(Math.max(0, earliest - now)), false)
+                )
+          ).pipe(Effect.onInterrupt(() => disarm(deferred)))
+          if (changed) return
+          yield* disarm(deferred)
+          if (earliestExpiry() <= (yield* Clock.currentTimeMillis)) return
         }
-        const deferred = listener.deferred ?? Deferred.makeUnsafe<void>()
-        listener.deferred = deferred
-        const wait = Deferred.await(deferred)
-        const earliest = earliestExpiry()
-        if (earliest === Infinity) return wait
-        return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.raceFirst(
-            wait,
-            Effect.sleep(Math.max(0, earliest - now)).pipe(
-              Effect.andThen(Clock.currentTimeMillis),
-              Effect.flatMap((later) => (earliestExpiry() <= later ? Effect.void : next))
-            )
-          )
-        )
       })
-      return next
     })
 
   const inspect = (name?: string) =>
