@@ -15,7 +15,11 @@
  * - `tryAcquire` with `queue: true` registers the owner as a waiter when it is
  *   not granted, so later requests cannot overtake it (FIFO, and no writer
  *   starvation). The core always removes that registration with `release`
- *   when it stops waiting.
+ *   when it stops waiting. A registration lives `ttlMillis` unless the owner
+ *   attempts again (the core re-attempts every ttl/3 while it waits), so the
+ *   registration of a process that died does not block the name for ever.
+ * - `tryAcquire` is idempotent per owner: a repeated request from an owner
+ *   that holds the name (a retry after a lost answer) returns the same grant.
  * - `release` is a compare-and-delete on the owner id: it never touches
  *   another owner's grant, so it is safe after expiry and safe to repeat.
  *
