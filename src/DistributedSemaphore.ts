@@ -13,19 +13,21 @@
 import { Effect, Option, type Scope } from "effect"
 import * as Internal from "./internal/lease.ts"
 import type { Lease } from "./Lease.ts"
-import { runHeld } from "./Lock.ts"
 import { LockBackend } from "./LockBackend.ts"
 import * as LockConfig from "./LockConfig.ts"
 import { InvalidLockRequest, type LockBackendUnavailable, type LockError } from "./LockError.ts"
 
-const prepare = (name: string, options: LockConfig.SemaphoreOptions) =>
+const prepare = (
+  name: string,
+  options: LockConfig.SemaphoreOptions
+): Effect.Effect<Internal.Prepared, InvalidLockRequest> =>
   Effect.all([
     LockConfig.validateName(name),
     LockConfig.validatePermits(options?.limit, options?.permits),
     LockConfig.resolve(options)
   ]).pipe(
     Effect.map(([valid, { limit, permits }, resolved]) => ({
-      spec: { name: valid, mode: "permits", permits, limit } satisfies Internal.Spec,
+      spec: { name: valid, mode: "permits", permits, limit },
       resolved
     }))
   )
@@ -39,10 +41,7 @@ const prepare = (name: string, options: LockConfig.SemaphoreOptions) =>
 export const scoped = (
   name: string,
   options: LockConfig.SemaphoreOptions
-): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-    Effect.map(Internal.acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
-  )
+): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> => Internal.held(prepare(name, options))
 
 /**
  * One attempt: `Some(lease)` if the permits are free now, else `None`.
@@ -53,9 +52,7 @@ export const tryScoped = (
   name: string,
   options: LockConfig.SemaphoreOptions
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-    Internal.acquire(spec, resolved, { wait: false, interruptHolder: true })
-  )
+  Internal.attemptOnce(prepare(name, options))
 
 /**
  * Runs `effect` holding the permits; a lost lease interrupts it and the
@@ -66,13 +63,7 @@ export const tryScoped = (
 export const withPermits =
   (name: string, options: LockConfig.SemaphoreOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.scoped(
-      Effect.flatMap(prepare(name, options), ({ resolved, spec }) =>
-        Effect.flatMap(Internal.acquire(spec, resolved, { wait: true, interruptHolder: false }), (lease) =>
-          runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-        )
-      )
-    )
+    Effect.map(Internal.withHeld(prepare(name, options), true)(effect), Option.getOrThrow)
 
 /**
  * Permits free now. The limit is the one the current holders agreed on;

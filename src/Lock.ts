@@ -24,7 +24,7 @@ import type { LockOptions } from "./LockConfig.ts"
 import * as LockConfig from "./LockConfig.ts"
 import { InvalidLockRequest, type LockError, LockLost } from "./LockError.ts"
 
-const exclusive = (name: string): Internal.Spec => ({ name, mode: "exclusive", permits: 1, limit: 1 })
+const exclusive = (name: string, options: LockOptions | undefined) => Internal.prepare(name, "exclusive", options)
 
 /**
  * Waits until the lock is held; the scope's finalizer releases it.
@@ -45,10 +45,7 @@ const exclusive = (name: string): Internal.Spec => ({ name, mode: "exclusive", p
 export const scoped = (
   name: string,
   options?: LockOptions
-): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-    Effect.map(Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
-  )
+): Effect.Effect<Lease, LockError, LockBackend | Scope.Scope> => Internal.held(exclusive(name, options))
 
 /**
  * One attempt, no waiting: `Some(lease)` if granted, `None` if held by
@@ -60,9 +57,7 @@ export const tryScoped = (
   name: string,
   options?: LockOptions
 ): Effect.Effect<Option.Option<Lease>, LockError, LockBackend | Scope.Scope> =>
-  Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-    Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: true })
-  )
+  Internal.attemptOnce(exclusive(name, options))
 
 /**
  * Runs `effect` inside the lease: interrupted if the lease is lost (unless
@@ -70,12 +65,11 @@ export const tryScoped = (
  *
  * @since 0.1.0
  */
-export const runHeld = <A, E, R>(
+export const runHeld: <A, E, R>(
   lease: Lease,
   effect: Effect.Effect<A, E, R>,
   onLost: LockConfig.OnLost | undefined
-): Effect.Effect<A, E | LockLost, R> =>
-  onLost === "ignore" ? effect : Effect.raceFirst(effect, Effect.flatMap(lease.lost, Effect.fail))
+) => Effect.Effect<A, E | LockLost, R> = Internal.runHeld
 
 /**
  * Runs `effect` while holding the lock, waiting for it first. A lost lease
@@ -88,13 +82,7 @@ export const runHeld = <A, E, R>(
 export const withLock =
   (name: string, options?: LockOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.scoped(
-      Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-        Effect.flatMap(Internal.acquire(exclusive(valid), resolved, { wait: true, interruptHolder: false }), (lease) =>
-          runHeld(Option.getOrThrow(lease), effect, resolved.onLost)
-        )
-      )
-    )
+    Effect.map(Internal.withHeld(exclusive(name, options), true)(effect), Option.getOrThrow)
 
 /**
  * Runs `effect` only if the lock is free now: `Some(result)`, or `None`
@@ -107,17 +95,7 @@ export const withLockIfAvailable =
   <A, E, R>(
     effect: Effect.Effect<A, E, R>
   ): Effect.Effect<Option.Option<A>, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.scoped(
-      Effect.flatMap(Internal.prepare(name, options), ([valid, resolved]) =>
-        Effect.flatMap(
-          Internal.acquire(exclusive(valid), resolved, { wait: false, interruptHolder: false }),
-          Option.match({
-            onNone: () => Effect.succeedNone,
-            onSome: (lease) => Effect.asSome(runHeld(lease, effect, resolved.onLost))
-          })
-        )
-      )
-    )
+    Internal.withHeld(exclusive(name, options), false)(effect)
 
 /**
  * Holds several names at once, all or nothing. Names are acquired one by one
@@ -144,7 +122,7 @@ export const scopedAll = (
         const elapsed = (yield* Clock.currentTimeMillis) - started
         const timeoutMillis =
           resolved.timeoutMillis === undefined ? undefined : Math.max(0, resolved.timeoutMillis - elapsed)
-        const lease = yield* Internal.acquire(exclusive(name), resolved, {
+        const lease = yield* Internal.acquire({ name, mode: "exclusive", permits: 1, limit: 1 }, resolved, {
           wait: true,
           interruptHolder: true,
           timeoutMillis

@@ -82,9 +82,61 @@ export const makeOwner = (ownerId: string): string => {
   return `${ownerId}/${id}`
 }
 
-/** Validates the name and the options. */
-export const prepare = (name: string, options: LockConfig.LockOptions | undefined) =>
-  Effect.all([LockConfig.validateName(name), LockConfig.resolve(options)])
+/** A validated request: what to acquire, with which options. */
+export interface Prepared {
+  readonly spec: Spec
+  readonly resolved: LockConfig.ResolvedOptions
+}
+
+/** Validates the name and the options of a one-permit hold (exclusive or shared). */
+export const prepare = (
+  name: string,
+  mode: "exclusive" | "shared",
+  options: LockConfig.LockOptions | undefined
+): Effect.Effect<Prepared, InvalidLockRequest> =>
+  Effect.map(Effect.all([LockConfig.validateName(name), LockConfig.resolve(options)]), ([valid, resolved]) => ({
+    spec: { name: valid, mode, permits: 1, limit: 1 },
+    resolved
+  }))
+
+/** Waits for the hold; released when the scope closes. */
+export const held = (prepared: Effect.Effect<Prepared, InvalidLockRequest>) =>
+  Effect.flatMap(prepared, ({ resolved, spec }) =>
+    Effect.map(acquire(spec, resolved, { wait: true, interruptHolder: true }), Option.getOrThrow)
+  )
+
+/** One attempt at the hold. */
+export const attemptOnce = (prepared: Effect.Effect<Prepared, InvalidLockRequest>) =>
+  Effect.flatMap(prepared, ({ resolved, spec }) => acquire(spec, resolved, { wait: false, interruptHolder: true }))
+
+/**
+ * Runs `effect` inside the lease: interrupted if the lease is lost (unless
+ * `onLost: "ignore"`), in which case the result fails with `LockLost`.
+ */
+export const runHeld = <A, E, R>(
+  lease: Lease,
+  effect: Effect.Effect<A, E, R>,
+  onLost: LockConfig.OnLost | undefined
+): Effect.Effect<A, E | LockLost, R> =>
+  onLost === "ignore" ? effect : Effect.raceFirst(effect, Effect.flatMap(lease.lost, Effect.fail))
+
+/** Runs `effect` holding the lease (waiting for it first, or only if free now). */
+export const withHeld =
+  (prepared: Effect.Effect<Prepared, InvalidLockRequest>, wait: boolean) =>
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ): Effect.Effect<Option.Option<A>, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
+    Effect.scoped(
+      Effect.flatMap(prepared, ({ resolved, spec }) =>
+        Effect.flatMap(
+          acquire(spec, resolved, { wait, interruptHolder: false }),
+          Option.match({
+            onNone: () => Effect.succeedNone,
+            onSome: (lease) => Effect.asSome(runHeld(lease, effect, resolved.onLost))
+          })
+        )
+      )
+    )
 
 /** Upper bound of a best-effort cleanup call in a finalizer. */
 const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
