@@ -19,6 +19,7 @@ import {
   type Lease,
   Lock,
   LockBackend,
+  type GrantRequest,
   type LockBackendShape,
   LockConfig,
   ReadWriteLock
@@ -122,6 +123,87 @@ export const conformance = (options: ConformanceOptions): void => {
     })
 
   describe(`conformance: ${options.name}`, () => {
+    describe("backend contract (primitive operations)", () => {
+      const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
+        name,
+        owner,
+        mode: "exclusive",
+        permits: 1,
+        limit: 1,
+        ttlMillis: 10_000,
+        metadata: {},
+        queue: false,
+        ...extra
+      })
+
+      live("grants are idempotent per owner; release and extend are compare-and-swap on the owner", (prefix) =>
+        Effect.gen(function* () {
+          const backend = yield* LockBackend
+          const name = `${prefix}-cas`
+          const first = yield* backend.tryAcquire(request(name, "owner-a", { metadata: { job: "x" } }))
+          assert.isTrue(Option.isSome(first))
+          const again = yield* backend.tryAcquire(request(name, "owner-a"))
+          assert.deepStrictEqual(again, first, "a repeated request gets the same grant")
+          assert.isTrue(Option.isNone(yield* backend.tryAcquire(request(name, "owner-b"))))
+          assert.isFalse(yield* backend.release(name, "owner-b"), "another owner's release removes nothing")
+          assert.include(["expired", "stolen"], yield* backend.extend(name, "owner-b", 10_000))
+          const { holders } = yield* backend.inspect(name)
+          assert.strictEqual(holders.length, 1)
+          assert.deepInclude(holders[0]!, { owner: "owner-a", mode: "exclusive", metadata: { job: "x" } })
+          assert.strictEqual(holders[0]!.token, Option.getOrThrow(first).token)
+          assert.strictEqual(yield* backend.extend(name, "owner-a", 10_000), "extended")
+          assert.isTrue(yield* backend.release(name, "owner-a"))
+          assert.isFalse(yield* backend.release(name, "owner-a"), "a second release removes nothing")
+          assert.strictEqual(yield* backend.extend(name, "owner-a", 10_000), "expired")
+        })
+      )
+
+      live("subscribe reports a change made while nobody waited, and after an abandoned wait", (prefix) =>
+        Effect.gen(function* () {
+          const backend = yield* LockBackend
+          const name = `${prefix}-sub`
+          const changed = yield* backend.subscribe(name)
+          yield* backend.tryAcquire(request(name, "a"))
+          yield* backend.release(name, "a")
+          // The release happened before anyone waited: the next wait completes at once.
+          yield* changed.pipe(Effect.timeout("5 seconds"))
+          // An abandoned wait must not swallow the next change.
+          assert.isTrue(Option.isNone(yield* changed.pipe(Effect.timeoutOption("20 millis"))))
+          yield* backend.tryAcquire(request(name, "b"))
+          yield* backend.release(name, "b")
+          yield* changed.pipe(Effect.timeout("5 seconds"))
+        })
+      )
+
+      live("a waiter registration that is not refreshed expires and stops blocking the name", (prefix) =>
+        Effect.gen(function* () {
+          const backend = yield* LockBackend
+          const name = `${prefix}-stale`
+          yield* backend.tryAcquire(request(name, "holder", { ttlMillis: 60_000 }))
+          // A waiter that registers once and then goes silent (its process died).
+          assert.isTrue(
+            Option.isNone(yield* backend.tryAcquire(request(name, "ghost", { queue: true, ttlMillis: ttl })))
+          )
+          assert.isTrue(yield* backend.release(name, "holder"))
+          const changed = yield* backend.subscribe(name)
+          // Newcomers queue behind the ghost until its registration expires.
+          yield* Effect.repeat(
+            Effect.flatMap(backend.tryAcquire(request(name, "next", { queue: true, ttlMillis: ttl })), (grant) =>
+              Option.isSome(grant) ? Effect.succeed(true) : Effect.as(changed.pipe(Effect.timeoutOption(ttl)), false)
+            ),
+            { until: (granted) => granted, times: 20 }
+          )
+          const { holders, waiters } = yield* backend.inspect(name)
+          assert.deepStrictEqual(
+            holders.map((h) => h.owner),
+            ["next"]
+          )
+          assert.deepStrictEqual(waiters, [])
+          yield* backend.release(name, "next")
+        })
+      )
+    })
+
     describe("exclusive lock", () => {
       live("50 fibers compete for one name: no overlap, tokens strictly increasing", (prefix) =>
         Effect.gen(function* () {
