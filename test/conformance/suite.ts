@@ -92,6 +92,19 @@ const expectInvalid = (field: string, effect: Effect.Effect<unknown, unknown, Lo
     assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
   })
 
+/** A grant request for the contract checks. */
+const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
+  name,
+  owner,
+  mode: "exclusive",
+  permits: 1,
+  limit: 1,
+  ttlMillis: 10_000,
+  metadata: {},
+  queue: false,
+  ...extra
+})
+
 const nothingLeft = (prefix: string, options: ConformanceOptions) =>
   Effect.gen(function* () {
     const { holders, waiters } = yield* LockBackend.inspect()
@@ -124,18 +137,6 @@ export const conformance = (options: ConformanceOptions): void => {
 
   describe(`conformance: ${options.name}`, () => {
     describe("backend contract (primitive operations)", () => {
-      const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
-        name,
-        owner,
-        mode: "exclusive",
-        permits: 1,
-        limit: 1,
-        ttlMillis: 10_000,
-        metadata: {},
-        queue: false,
-        ...extra
-      })
-
       live("grants are idempotent per owner; release and extend are compare-and-swap on the owner", (prefix) =>
         Effect.gen(function* () {
           const backend = yield* LockBackend
