@@ -63,7 +63,7 @@ export const tryScoped = (
 export const withPermits =
   (name: string, options: LockConfig.SemaphoreOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.map(Internal.withHeld(prepare(name, options), true)(effect), Option.getOrThrow)
+    Internal.withWaiting(prepare(name, options))(effect)
 
 /**
  * Permits free now. The limit is the one the current holders agreed on;

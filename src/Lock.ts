@@ -82,7 +82,7 @@ export const runHeld: <A, E, R>(
 export const withLock =
   (name: string, options?: LockOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.map(Internal.withHeld(exclusive(name, options), true)(effect), Option.getOrThrow)
+    Internal.withWaiting(exclusive(name, options))(effect)
 
 /**
  * Runs `effect` only if the lock is free now: `Some(result)`, or `None`

@@ -56,7 +56,7 @@ export const tryRead = (
 export const withRead =
   (name: string, options?: LockOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.map(Internal.withHeld(shared(name, options), true)(effect), Option.getOrThrow)
+    Internal.withWaiting(shared(name, options))(effect)
 
 /**
  * Runs `effect` holding the write lease.
@@ -66,4 +66,4 @@ export const withRead =
 export const withWrite =
   (name: string, options?: LockOptions) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
-    Effect.map(Internal.withHeld(exclusive(name, options), true)(effect), Option.getOrThrow)
+    Internal.withWaiting(exclusive(name, options))(effect)

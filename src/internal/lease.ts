@@ -120,6 +120,12 @@ export const runHeld = <A, E, R>(
 ): Effect.Effect<A, E | LockLost, R> =>
   onLost === "ignore" ? effect : Effect.raceFirst(effect, Effect.flatMap(lease.lost, Effect.fail))
 
+/** Runs `effect` holding the lease, waiting for it first. */
+export const withWaiting =
+  (prepared: Effect.Effect<Prepared, InvalidLockRequest>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | LockError, Exclude<R, Scope.Scope> | LockBackend> =>
+    Effect.map(withHeld(prepared, true)(effect), Option.getOrThrow)
+
 /** Runs `effect` holding the lease (waiting for it first, or only if free now). */
 export const withHeld =
   (prepared: Effect.Effect<Prepared, InvalidLockRequest>, wait: boolean) =>
@@ -153,8 +159,9 @@ const bestEffortRelease = (backend: LockBackendShape, name: string, owner: strin
   backend.release(name, owner).pipe(
     Effect.retry(releaseRetry),
     Effect.timeout(Duration.millis(cleanupBound(ttlMillis))),
+    Effect.asVoid,
     Effect.catch(() =>
-      Effect.as(
+      Effect.asVoid(
         Effect.forkDetach(
           backend
             .release(name, owner)
@@ -163,8 +170,7 @@ const bestEffortRelease = (backend: LockBackendShape, name: string, owner: strin
                 Schedule.max([Schedule.spaced(Duration.seconds(1)), Schedule.during(Duration.millis(ttlMillis))])
               )
             )
-        ),
-        false
+        )
       )
     )
   )
