@@ -27,7 +27,7 @@
  */
 import { Config, Context, Duration, Effect, Layer, Option, type Scope } from "effect"
 import * as LockConfig from "./LockConfig.ts"
-import { InvalidLockRequest, type LockBackendUnavailable } from "./LockError.ts"
+import { InvalidLockRequest, type LockBackendUnavailable, type LostReason } from "./LockError.ts"
 
 /**
  * How a grant holds a name: alone, shared with other readers, or as permits
@@ -65,6 +65,12 @@ export interface GrantRequest {
 export interface Grant {
   /** Fencing token: strictly greater than every earlier token for this name. */
   readonly token: bigint
+  /**
+   * Completes when the backend learns that this grant is gone before anyone
+   * released it (e.g. the database session that held it ended). Backends
+   * whose grants end only by TTL leave it out; the heartbeat finds out then.
+   */
+  readonly lost?: Effect.Effect<LostReason> | undefined
 }
 
 /**
@@ -72,7 +78,7 @@ export interface Grant {
  *
  * @since 0.1.0
  */
-export type ExtendOutcome = "extended" | "expired" | "stolen"
+export type ExtendOutcome = "extended" | LostReason
 
 /**
  * A current holder, as inspection shows it.
@@ -190,7 +196,10 @@ export class LockBackend extends Context.Service<LockBackend, LockBackendShape>(
    * unknown or unregistered provider fails with `InvalidLockRequest` naming
    * `LOCK_PROVIDER` and the providers available.
    */
-  static readonly layerConfig: Layer.Layer<LockBackend, Config.ConfigError | InvalidLockRequest> = Layer.unwrap(
+  static readonly layerConfig: Layer.Layer<
+    LockBackend,
+    Config.ConfigError | InvalidLockRequest | LockBackendUnavailable
+  > = Layer.unwrap(
     Effect.gen(function* () {
       const provider = (yield* Config.String("LOCK_PROVIDER").pipe(Config.withDefault("memory"))).trim().toLowerCase()
       const defaults = yield* defaultsConfig
@@ -234,7 +243,10 @@ const defaultsConfig = Effect.gen(function* () {
  *
  * @since 0.1.0
  */
-export type ProviderLayer = () => Layer.Layer<LockBackend, Config.ConfigError | InvalidLockRequest>
+export type ProviderLayer = () => Layer.Layer<
+  LockBackend,
+  Config.ConfigError | InvalidLockRequest | LockBackendUnavailable
+>
 
 const providers = new Map<string, ProviderLayer>()
 

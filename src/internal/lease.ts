@@ -242,6 +242,8 @@ export const acquire = (
 
 interface Obtained {
   readonly token: bigint
+  /** The backend's own loss signal for this grant, if it has one. */
+  readonly lost: Effect.Effect<LostReason> | undefined
   /** When the granting request was sent: the lease's TTL counts from here. */
   readonly sentAt: number
 }
@@ -272,7 +274,7 @@ const obtain = (
     (sentAt) => {
       attempts++
       return backend.tryAcquire(request).pipe(
-        Effect.map(Option.map((grant): Obtained => ({ token: grant.token, sentAt }))),
+        Effect.map(Option.map((grant): Obtained => ({ token: grant.token, lost: grant.lost, sentAt }))),
         Effect.tap(() => Effect.sync(() => (lastFailure = undefined))),
         Effect.catchTag("LockBackendUnavailable", (error) =>
           Effect.sync(() => {
@@ -532,7 +534,12 @@ const makeLease = (
     // running until its interruption lands, and the store's remaining TTL is
     // exactly the margin that keeps a rival out meanwhile. The finalizer
     // releases once the scope closes, i.e. once the critical section stopped.
-    heartbeatFiber = yield* Effect.forkDetach(heartbeat)
+    // A backend that learns of a loss by itself (a database session that
+    // ended) reports it at once instead of at the next heartbeat.
+    const backendLost = obtained.lost
+    heartbeatFiber = yield* Effect.forkDetach(
+      backendLost === undefined ? heartbeat : Effect.raceFirst(heartbeat, Effect.flatMap(backendLost, declareLost))
+    )
 
     const lease: Lease = {
       name,
