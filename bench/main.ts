@@ -3,11 +3,15 @@
  * and written to bench/results/latest.json. Ratios are against the backend's
  * own raw round trip measured in the same run (never absolute thresholds).
  *
- *   BENCH_SECTIONS=memory npm run bench
+ *   BENCH_SECTIONS=memory,postgres npm run bench   (default: both)
+ *   LOCK_BENCH_POSTGRES_URL=postgres://... (default: the local server)
  */
-import { Effect } from "effect"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
 import { mkdirSync, writeFileSync } from "node:fs"
 import { Lock, LockBackend, MemoryBackend } from "../src/index.ts"
+import { PostgresBackend } from "../src/postgres/index.ts"
 import {
   backendFloor,
   contended,
@@ -17,7 +21,7 @@ import {
   type UncontendedResult
 } from "./harness.ts"
 
-const sections = (process.env["BENCH_SECTIONS"] ?? "memory").split(",").map((s) => s.trim())
+const sections = (process.env["BENCH_SECTIONS"] ?? "memory,postgres").split(",").map((s) => s.trim())
 const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
 
 const memory = onBackend(
@@ -36,6 +40,41 @@ const memory = onBackend(
   })
 )
 
+const postgresUrl = process.env["LOCK_BENCH_POSTGRES_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
+const pgClient = PgClient.layer({ url: Redacted.make(postgresUrl), applicationName: "effect-locks-bench" })
+
+// The floor is the fewest round trips a PostgreSQL lock needs: a try-lock and
+// an unlock on one reserved connection, with the raw driver.
+const postgres = Effect.gen(function* () {
+  const sql = yield* SqlClient
+  const scope = yield* Scope.make()
+  const conn = yield* Scope.provide(scope)(sql.reserve)
+  const key = PostgresBackend.keyOf("bench-floor", "bench-floor").toString()
+  const floor = Effect.asVoid(
+    Effect.andThen(
+      conn.execute("SELECT pg_try_advisory_lock($1::int8) AS ok", [key], undefined),
+      conn.execute("SELECT pg_advisory_unlock($1::int8) AS ok", [key], undefined)
+    )
+  )
+  const pg = yield* PgClient.PgClient
+  const result = yield* onBackend(
+    PostgresBackend.layer().pipe(Layer.provide(Layer.succeed(PgClient.PgClient, pg))),
+    Effect.gen(function* () {
+      const u = yield* uncontended({
+        section: "postgres",
+        rounds: 10,
+        iterations: 300,
+        library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
+        floor
+      })
+      const c = yield* contended({ section: "postgres", fibers: 32, millis: contendedMillis, name: "bench-c" })
+      return { u, c }
+    })
+  )
+  yield* Scope.close(scope, Exit.void)
+  return result
+}).pipe(Effect.provide(Layer.fresh(pgClient)))
+
 const f = (n: number, d = 1) => n.toFixed(d)
 
 const program = Effect.gen(function* () {
@@ -43,6 +82,11 @@ const program = Effect.gen(function* () {
   const contendedRows: Array<ContendedResult> = []
   if (sections.includes("memory")) {
     const { u, c } = yield* memory
+    uncontendedRows.push(u)
+    contendedRows.push(c)
+  }
+  if (sections.includes("postgres")) {
+    const { u, c } = yield* postgres
     uncontendedRows.push(u)
     contendedRows.push(c)
   }

@@ -5,9 +5,12 @@
  * and a summary. Exits 0 when no violation was seen, 1 otherwise.
  *
  *   DEMO_DURATION_MS=6000 npm run demo
+ *   LOCK_PROVIDER=postgres LOCK_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres npm run demo
  */
 import { Config, Deferred, Effect, Runtime } from "effect"
 import { LockBackend } from "../src/index.ts"
+// Registers LOCK_PROVIDER=postgres (with LOCK_POSTGRES_URL).
+import "../src/postgres/index.ts"
 import { type DemoOutput, plainOutput, runDemo } from "./demo.ts"
 
 const write = (text: string) => process.stdout.write(`${text}\n`)
