@@ -167,8 +167,15 @@ export interface LockBackendShape {
    * Subscribes to changes of a name for the life of the scope. The returned
    * effect completes once something changed since the previous time it
    * completed (or since the subscription was made), so no change is missed.
+   *
+   * With `owner` (the waiter's owner id), a backend may signal only the
+   * changes that can let that waiter proceed: a queued waiter is then woken
+   * when it reaches the front of the queue, not by every release.
    */
-  readonly subscribe: (name: string) => Effect.Effect<Effect.Effect<void>, LockBackendUnavailable, Scope.Scope>
+  readonly subscribe: (
+    name: string,
+    owner?: string
+  ) => Effect.Effect<Effect.Effect<void>, LockBackendUnavailable, Scope.Scope>
   /** Holders and waiters of one name, or of every name. */
   readonly inspect: (name?: string) => Effect.Effect<Inspection, LockBackendUnavailable>
 }

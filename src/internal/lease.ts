@@ -312,7 +312,7 @@ const obtain = (
       }
       return yield* Effect.scoped(
         Effect.gen(function* () {
-          const changed = yield* backend.subscribe(spec.name).pipe(
+          const changed = yield* backend.subscribe(spec.name, owner).pipe(
             Effect.catch((error) =>
               Effect.sync(() => {
                 failures.push(error)

@@ -53,7 +53,6 @@ import {
   Duration,
   Effect,
   Exit,
-  Fiber,
   Layer,
   Option,
   Queue,
@@ -270,6 +269,8 @@ interface Waiter {
 }
 
 interface Listener {
+  /** The waiter it belongs to, if known: it is woken only when it may proceed. */
+  readonly owner: string | undefined
   pending: boolean
   deferred: Deferred.Deferred<void> | undefined
 }
@@ -303,14 +304,34 @@ class StatementTimeout extends Error {
  * Runs `effect` in its own fiber and waits for it at most `millis`. The
  * caller never waits for an interrupted statement to drain: on a dead
  * network that could take for ever.
+ *
+ * The deadline is a real-time timer, not the `Clock`: it bounds network I/O,
+ * which a `TestClock` does not move. One fiber and one timer per statement,
+ * no race fibers: this is on every lock's path.
  */
 const withDeadline = <A, E>(millis: number, effect: Effect.Effect<A, E>): Effect.Effect<A, E | StatementTimeout> =>
   Effect.flatMap(Effect.forkDetach(effect), (fiber) =>
-    Effect.flatMap(Effect.timeoutOption(Fiber.await(fiber), millis), (exit): Effect.Effect<A, E | StatementTimeout> =>
-      Option.isNone(exit)
-        ? Effect.andThen(Effect.forkDetach(Fiber.interrupt(fiber)), Effect.fail(new StatementTimeout(millis)))
-        : exit.value
-    )
+    Effect.callback<A, E | StatementTimeout>((resume) => {
+      let done = false
+      const timer = setTimeout(() => {
+        if (done) return
+        done = true
+        removeObserver()
+        fiber.interruptUnsafe()
+        resume(Effect.fail(new StatementTimeout(millis)))
+      }, millis)
+      const removeObserver = fiber.addObserver((exit) => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        resume(exit)
+      })
+      return Effect.sync(() => {
+        done = true
+        clearTimeout(timer)
+        removeObserver()
+      })
+    })
   )
 
 /**
@@ -398,14 +419,44 @@ export const make = (
       return undefined
     }
 
+    const signal = (listener: Listener) => {
+      const waiting = listener.deferred
+      if (waiting !== undefined) {
+        // Detach first: completing may resume the waiter inline.
+        listener.deferred = undefined
+        Deferred.doneUnsafe(waiting, Effect.void)
+      } else {
+        listener.pending = true
+      }
+    }
+
+    /**
+     * Wakes the waiters that may proceed after a change: the front of the
+     * queue (the first waiter; the leading readers; the leading permit
+     * requests), and every listener that is not a queued waiter. Waiting
+     * further back is not woken by each release: no herd.
+     */
     const notify = (entry: Entry) => {
-      for (const listener of entry.listeners) {
-        const waiting = listener.deferred
-        if (waiting !== undefined) {
-          listener.deferred = undefined
-          Deferred.doneUnsafe(waiting, Effect.void)
-        } else {
-          listener.pending = true
+      if (entry.listeners.size === 0) return
+      const front = new Set<string>()
+      const first = entry.waiters[0]
+      if (first !== undefined) {
+        front.add(first.owner)
+        if (first.mode !== "exclusive") {
+          let permits = first.permits
+          for (let i = 1; i < entry.waiters.length; i++) {
+            const next = entry.waiters[i]!
+            if (next.mode !== first.mode) break
+            permits += next.permits
+            if (next.mode === "permits" && permits > entry.limit) break
+            front.add(next.owner)
+          }
+        }
+      }
+      for (const listener of [...entry.listeners]) {
+        const owner = listener.owner
+        if (owner === undefined || front.has(owner) || !entry.waiters.some((w) => w.owner === owner)) {
+          signal(listener)
         }
       }
     }
@@ -912,9 +963,9 @@ export const make = (
       Effect.mapError((error) => (error instanceof StatementTimeout ? unavailable("listen")(error) : error))
     )
 
-    const subscribe = (name: string) =>
+    const subscribe = (name: string, owner?: string) =>
       Effect.gen(function* () {
-        const listener: Listener = { pending: false, deferred: undefined }
+        const listener: Listener = { owner, pending: false, deferred: undefined }
         entryFor(name).listeners.add(listener)
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {

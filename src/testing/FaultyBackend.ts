@@ -130,7 +130,7 @@ export const make = (
       extend: (name, owner, ttl) =>
         drop ? guard("extend", Effect.succeed("extended" as const)) : guard("extend", inner.extend(name, owner, ttl)),
       release: (name, owner) => guard("release", inner.release(name, owner)),
-      subscribe: (name) => guard("subscribe", inner.subscribe(name)),
+      subscribe: (name, owner) => guard("subscribe", inner.subscribe(name, owner)),
       inspect: (name) => guard("inspect", inner.inspect(name))
     }
 
