@@ -239,6 +239,9 @@ interface Session {
   nextCheck: Deferred.Deferred<boolean> | undefined
   checking: boolean
   lastCheckAt: number
+  /** When the health loop wakes next, and how to wake it sooner (a hold that expires earlier). */
+  plannedWake: number
+  wake: Deferred.Deferred<void>
 }
 
 interface Hold {
@@ -575,7 +578,9 @@ export const make = (
         holds: new Set(),
         nextCheck: undefined,
         checking: false,
-        lastCheckAt: yield* Clock.currentTimeMillis
+        lastCheckAt: yield* Clock.currentTimeMillis,
+        plannedWake: Infinity,
+        wake: Deferred.makeUnsafe<void>()
       }
       sessions.push(session)
       ownPids.add(session.pid)
@@ -659,7 +664,10 @@ export const make = (
             if (hold.releasing === undefined) earliest = Math.min(earliest, hold.expiresAt)
           }
           if (earliest > now) {
-            yield* Effect.sleep(earliest - now)
+            session.plannedWake = earliest
+            yield* Effect.raceFirst(Effect.sleep(earliest - now), Deferred.await(session.wake))
+            session.plannedWake = Infinity
+            if (yield* Deferred.isDone(session.wake)) session.wake = Deferred.makeUnsafe<void>()
             continue
           }
           for (const hold of session.holds) {
@@ -821,6 +829,8 @@ export const make = (
           }
           entry.holders.set(request.owner, hold)
           session.holds.add(hold)
+          // The health loop also ends expired holds: wake it if this one expires first.
+          if (hold.expiresAt < session.plannedWake) Deferred.doneUnsafe(session.wake, Effect.void)
           if (request.mode !== "exclusive" && entry.waiters.length > 0) notify(entry)
           return Option.some(hold.grant)
         })
