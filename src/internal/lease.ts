@@ -517,6 +517,7 @@ const makeLease = (
         yield* leaveHeld(yield* Clock.currentTimeMillis)
       }
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
+      if (lossWatcher !== undefined) yield* Fiber.interrupt(lossWatcher)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
     }).pipe(
       Effect.withSpan(
@@ -529,17 +530,17 @@ const makeLease = (
     )
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
+    let lossWatcher: Fiber.Fiber<unknown, unknown> | undefined
     yield* Scope.addFinalizer(scope, finalize)
     // After a loss the grant is not released here: the holder may still be
     // running until its interruption lands, and the store's remaining TTL is
     // exactly the margin that keeps a rival out meanwhile. The finalizer
     // releases once the scope closes, i.e. once the critical section stopped.
+    heartbeatFiber = yield* Effect.forkDetach(heartbeat)
     // A backend that learns of a loss by itself (a database session that
     // ended) reports it at once instead of at the next heartbeat.
     const backendLost = obtained.lost
-    heartbeatFiber = yield* Effect.forkDetach(
-      backendLost === undefined ? heartbeat : Effect.raceFirst(heartbeat, Effect.flatMap(backendLost, declareLost))
-    )
+    if (backendLost !== undefined) lossWatcher = yield* Effect.forkDetach(Effect.flatMap(backendLost, declareLost))
 
     const lease: Lease = {
       name,
