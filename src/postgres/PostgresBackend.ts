@@ -159,12 +159,14 @@ const positiveMillis = (field: string, input: Duration.Input | undefined, fallba
     return Effect.succeed(millis.value)
   })
 
+const validNamespace = (namespace: string | undefined = "default") =>
+  namespace.length === 0 || !namespace.isWellFormed()
+    ? Effect.fail(invalid("namespace", "must be a non-empty, well-formed string"))
+    : Effect.succeed(namespace)
+
 const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> =>
   Effect.gen(function* () {
-    const namespace = options.namespace ?? "default"
-    if (namespace.length === 0 || !namespace.isWellFormed()) {
-      return yield* invalid("namespace", "must be a non-empty, well-formed string")
-    }
+    const namespace = yield* validNamespace(options.namespace)
     const sessions = options.sessions ?? 2
     if (!Number.isInteger(sessions) || sessions < 1) return yield* invalid("sessions", "must be an integer >= 1")
     const statementMillis = yield* positiveMillis("statementTimeout", options.statementTimeout, 5_000)
@@ -439,7 +441,7 @@ export const make = (
      * requests), and every listener that is not a queued waiter. Waiting
      * further back is not woken by each release: no herd.
      */
-    const notify = (entry: Entry) => {
+    const notify = (entry: Entry, except?: string) => {
       if (entry.listeners.size === 0) return
       const front = new Set<string>()
       const first = entry.waiters[0]
@@ -458,6 +460,7 @@ export const make = (
       }
       for (const listener of [...entry.listeners]) {
         const owner = listener.owner
+        if (owner !== undefined && owner === except) continue
         if (owner === undefined || front.has(owner) || !entry.waiters.some((w) => w.owner === owner)) {
           signal(listener)
         }
@@ -806,8 +809,10 @@ export const make = (
           if (Exit.isFailure(attempt) || Option.isNone(attempt.value)) {
             register()
             gc(entry)
-            // A refused or failed attempt may have let an in-process waiter become eligible.
-            notify(entry)
+            // Waiters that queued behind this pending grant may proceed now, but
+            // not the requester itself: waking it would make it retry at once,
+            // a busy loop while another process holds the name.
+            notify(entry, request.owner)
             return yield* attempt.pipe(Effect.as(Option.none<Grant>()))
           }
           const [session, [token, keys]] = attempt.value.value
@@ -831,7 +836,7 @@ export const make = (
           session.holds.add(hold)
           // The health loop also ends expired holds: wake it if this one expires first.
           if (hold.expiresAt < session.plannedWake) Deferred.doneUnsafe(session.wake, Effect.void)
-          if (request.mode !== "exclusive" && entry.waiters.length > 0) notify(entry)
+          if (request.mode !== "exclusive" && entry.waiters.length > 0) notify(entry, request.owner)
           return Option.some(hold.grant)
         })
       )
@@ -1224,7 +1229,7 @@ export const withTransactionLock =
   ): Effect.Effect<A, E | SqlError | LockTimeout | LockBackendUnavailable | InvalidLockRequest, R | SqlClient> =>
     Effect.gen(function* () {
       const sql = yield* SqlClient
-      const namespace = options.namespace ?? "default"
+      const namespace = yield* validNamespace(options.namespace)
       if (names.length === 0) return yield* invalid("names", "must not be empty")
       for (const name of names) yield* LockConfig.validateName(name)
       const timeoutMillis = yield* positiveMillis("timeout", options.timeout, 5_000)
