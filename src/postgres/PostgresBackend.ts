@@ -113,7 +113,8 @@ export interface Options {
   /**
    * `idle_session_timeout` of the lock sessions: how long the server keeps the
    * locks of a process that stopped talking to it. Must exceed half of every
-   * lease TTL plus `statementTimeout`. Default 60 seconds.
+   * lease TTL plus `statementTimeout`. Default 2 minutes. Health checks run
+   * at least every quarter of it, so a live process never looks idle.
    */
   readonly sessionIdleTimeout?: Duration.Input | undefined
   /** The fencing sequence, created if missing. Default `public.effect_locks_fencing`. */
@@ -170,8 +171,13 @@ const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> 
     const sessions = options.sessions ?? 2
     if (!Number.isInteger(sessions) || sessions < 1) return yield* invalid("sessions", "must be an integer >= 1")
     const statementMillis = yield* positiveMillis("statementTimeout", options.statementTimeout, 5_000)
-    const healthMillis = yield* positiveMillis("healthCheckInterval", options.healthCheckInterval, 2_000)
-    const idleMillis = yield* positiveMillis("sessionIdleTimeout", options.sessionIdleTimeout, 60_000)
+    const idleMillis = yield* positiveMillis("sessionIdleTimeout", options.sessionIdleTimeout, 120_000)
+    // A session the server sees idle for idle_session_timeout is ended with its
+    // locks: checks come often enough that a live process never looks idle.
+    const healthMillis = Math.min(
+      yield* positiveMillis("healthCheckInterval", options.healthCheckInterval, 2_000),
+      idleMillis / 4
+    )
     const sequenceSchema = options.sequence?.schema ?? "public"
     const sequenceName = options.sequence?.name ?? "effect_locks_fencing"
     for (const [field, value] of [
@@ -292,6 +298,17 @@ interface Entry {
   readonly pending: Map<string, { readonly mode: LockMode; readonly permits: number }>
   waiters: Array<Waiter>
   readonly listeners: Set<Listener>
+}
+
+const signal = (listener: Listener) => {
+  const waiting = listener.deferred
+  if (waiting !== undefined) {
+    // Detach first: completing may resume the waiter inline.
+    listener.deferred = undefined
+    Deferred.doneUnsafe(waiting, Effect.void)
+  } else {
+    listener.pending = true
+  }
 }
 
 const kindOf = (mode: LockMode) => (mode === "permits" ? "semaphore" : "lock")
@@ -424,17 +441,6 @@ export const make = (
       return undefined
     }
 
-    const signal = (listener: Listener) => {
-      const waiting = listener.deferred
-      if (waiting !== undefined) {
-        // Detach first: completing may resume the waiter inline.
-        listener.deferred = undefined
-        Deferred.doneUnsafe(waiting, Effect.void)
-      } else {
-        listener.pending = true
-      }
-    }
-
     /**
      * Wakes the waiters that may proceed after a change: the front of the
      * queue (the first waiter; the leading readers; the leading permit
@@ -458,7 +464,8 @@ export const make = (
           }
         }
       }
-      for (const listener of [...entry.listeners]) {
+      // A copy: a woken waiter may run inline and unsubscribe.
+      for (const listener of Array.from(entry.listeners)) {
         const owner = listener.owner
         if (owner !== undefined && owner === except) continue
         if (owner === undefined || front.has(owner) || !entry.waiters.some((w) => w.owner === owner)) {
@@ -731,10 +738,12 @@ export const make = (
     const tryAcquire = (request: GrantRequest) =>
       Effect.uninterruptible(
         Effect.gen(function* () {
-          if (request.ttlMillis / 2 + config.statementMillis >= config.idleMillis) {
+          // A holder cut off from the database believes in its lease for up to a
+          // TTL (without heartbeat); the server must keep the lock that long.
+          if (request.ttlMillis + config.statementMillis >= config.idleMillis) {
             return yield* invalid(
               "ttl",
-              `half the TTL plus the statement deadline (${config.statementMillis} ms) must be below the PostgreSQL backend's sessionIdleTimeout (${config.idleMillis} ms)`
+              `the TTL plus the statement deadline (${config.statementMillis} ms) must be below the PostgreSQL backend's sessionIdleTimeout (${config.idleMillis} ms)`
             )
           }
           const now = yield* Clock.currentTimeMillis
