@@ -24,6 +24,10 @@ import {
 /** Builds the backend and does nothing with it. */
 const backendService = Effect.asVoid(LockBackend.use(Effect.succeed))
 
+/** The error of building a backend with these options. */
+const build = (options: PostgresBackend.Options) =>
+  Effect.flip(Effect.provide(backendService, backendLayer(freshAppName("bad"), options)))
+
 const hourRetry = LockConfig.retryLinear({ initial: "1 hour", max: "1 hour", jitter: false })
 
 /** Runs `body` with a fresh backend layer, then checks the server for leftovers. */
@@ -216,8 +220,6 @@ describe("PostgresBackend on a real server", () => {
 
   it.live("bad options and TTLs beyond what the session timeout covers are typed errors", () =>
     Effect.gen(function* () {
-      const build = (options: PostgresBackend.Options) =>
-        Effect.flip(Effect.provide(backendService, backendLayer(freshAppName("bad"), options)))
       assert.deepInclude(yield* build({ sessions: 0 }), { _tag: "InvalidLockRequest", field: "sessions" })
       assert.deepInclude(yield* build({ statementTimeout: 0 }), {
         _tag: "InvalidLockRequest",
@@ -230,7 +232,7 @@ describe("PostgresBackend on a real server", () => {
       assert.deepInclude(yield* build({ namespace: "" }), { _tag: "InvalidLockRequest", field: "namespace" })
       const appName = freshAppName("ttl")
       yield* Effect.gen(function* () {
-        // 60 s idle timeout: a 2-minute TTL would let a cut-off holder outlive its session's locks.
+        // 2-minute idle timeout: a 2-minute TTL would let a cut-off holder outlive its session's locks.
         const error = yield* Effect.flip(Effect.scoped(Lock.scoped("long", { ttl: "2 minutes" })))
         assert.deepInclude(error, { _tag: "InvalidLockRequest", field: "ttl" })
       }).pipe(Effect.provide(backendLayer(appName)))

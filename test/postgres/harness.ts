@@ -38,22 +38,22 @@ export const backendLayer = (
     ...options
   }).pipe(Layer.provide(client(applicationName, options.url === undefined ? {} : { url: options.url })))
 
-/** Advisory locks held or awaited on the server by sessions whose application name starts with `prefix`. */
-export const advisoryLocksOf = (prefix: string) =>
+/** Advisory locks held or awaited on the server by sessions with this application name. */
+export const advisoryLocksOf = (applicationName: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient
     const rows = yield* sql<{ readonly n: number }>`
       SELECT count(*)::int AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND a.application_name LIKE ${`${prefix}%`}`
+      WHERE l.locktype = 'advisory' AND a.application_name = ${applicationName}`
     return Number(rows[0]?.n ?? 0)
   })
 
-/** Server connections whose application name starts with `prefix`. */
-export const connectionsOf = (prefix: string) =>
+/** Server connections with this application name. */
+export const connectionsOf = (applicationName: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient
     const rows = yield* sql<{ readonly n: number }>`
-      SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE ${`${prefix}%`}`
+      SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${applicationName}`
     return Number(rows[0]?.n ?? 0)
   })
 
