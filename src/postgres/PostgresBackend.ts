@@ -388,12 +388,25 @@ export const make = (
 
     // -- local bookkeeping (synchronous, so each step is atomic) ------------
 
+    // Entries come and go with every acquisition; their keys (a SHA-256 each)
+    // are kept for the names used most recently.
+    const keys = new Map<string, bigint>()
+    const keyFor = (name: string): bigint => {
+      let key = keys.get(name)
+      if (key === undefined) {
+        if (keys.size >= 4096) keys.clear()
+        key = config.key(name)
+        keys.set(name, key)
+      }
+      return key
+    }
+
     const entryFor = (name: string): Entry => {
       let entry = entries.get(name)
       if (entry === undefined) {
         entry = {
           name,
-          key: config.key(name),
+          key: keyFor(name),
           kind: undefined,
           limit: 1,
           claimed: [],
