@@ -1302,6 +1302,14 @@ export interface ServerLock {
   readonly since: Date | undefined
 }
 
+/** Inspection statements get the default statement deadline (5 s) too. */
+const bounded =
+  (operation: string) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, LockBackendUnavailable, R> =>
+    Effect.flatMap(Effect.context<R>(), (context) =>
+      withDeadline(5_000, Effect.provideContext(effect, context)).pipe(Effect.mapError(unavailable(operation)))
+    )
+
 /**
  * Every advisory lock held or awaited on the server, from `pg_locks` joined
  * with `pg_stat_activity`, with names resolved for the `names` given.
@@ -1340,7 +1348,7 @@ export const serverLocks = (
         since: row.since ?? undefined
       }
     })
-  }).pipe(Effect.mapError((cause) => new LockBackendUnavailable({ operation: "serverLocks", cause })))
+  }).pipe(bounded("serverLocks"))
 
 /**
  * How many advisory locks are held (`granted`) and awaited on the server.
@@ -1358,4 +1366,4 @@ export const serverLockCount: Effect.Effect<
     FROM pg_locks WHERE locktype = 'advisory'`
   const row = rows[0]
   return { held: Number(row?.held ?? 0), awaited: Number(row?.awaited ?? 0) }
-}).pipe(Effect.mapError((cause) => new LockBackendUnavailable({ operation: "serverLockCount", cause })))
+}).pipe(bounded("serverLockCount"))

@@ -5,7 +5,7 @@
  * independent backends, configuration from the environment, bad options.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Fiber, Layer, Option, Scope } from "effect"
+import { ConfigProvider, Effect, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DistributedSemaphore, Lock, LockBackend, LockConfig } from "../../src/index.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
@@ -180,6 +180,49 @@ describe("PostgresBackend on a real server", () => {
       }
       for (let i = 1; i < tokens.length; i++) assert.isTrue(tokens[i]! > tokens[i - 1]!, `token ${i}`)
     }).pipe(Effect.scoped, Effect.andThen(assertNothingLeft(a)), Effect.andThen(assertNothingLeft(b)))
+  })
+
+  it.live("serverLocks and serverLockCount show held and awaited advisory locks with pid and application name", () => {
+    const appName = freshAppName("inspect")
+    const waiterApp = freshAppName("inspect-tx")
+    const name = "inspected"
+    return Effect.gen(function* () {
+      const lease = yield* Lock.scoped(name)
+      // A transaction lock of the same name blocks on the server: an awaited lock in pg_locks.
+      const waiting = yield* PostgresBackend.withTransactionLock([name], { timeout: "30 seconds" })(Effect.void).pipe(
+        Effect.provide(client(waiterApp)),
+        Effect.forkChild
+      )
+      const locks = yield* PostgresBackend.serverLocks({ names: [name] }).pipe(
+        Effect.provide(admin),
+        Effect.repeat({
+          schedule: Schedule.spaced("20 millis"),
+          until: (all) => all.some((l) => l.name === name && !l.granted),
+          times: 250
+        })
+      )
+      const mine = locks.filter((l) => l.name === name)
+      const held = mine.find((l) => l.granted)
+      const awaited = mine.find((l) => !l.granted)
+      assert.deepInclude(held, {
+        applicationName: appName,
+        mode: "ExclusiveLock",
+        key: PostgresBackend.keyOf("default", name)
+      })
+      assert.deepInclude(awaited, { applicationName: waiterApp, granted: false })
+      assert.isDefined(awaited?.since)
+      assert.notStrictEqual(held?.pid, awaited?.pid)
+      const count = yield* PostgresBackend.serverLockCount.pipe(Effect.provide(admin))
+      assert.isAtLeast(count.held, 1)
+      assert.isAtLeast(count.awaited, 1)
+      yield* lease.release
+      yield* Fiber.join(waiting)
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(backendLayer(appName)),
+      Effect.andThen(assertNothingLeft(appName)),
+      Effect.andThen(assertNothingLeft(waiterApp))
+    )
   })
 
   it.live("LOCK_PROVIDER=postgres with LOCK_POSTGRES_URL through LockBackend.layerConfig", () => {
