@@ -155,12 +155,15 @@ export interface LockBackendShape {
   readonly tryAcquire: (
     request: GrantRequest
   ) => Effect.Effect<Option.Option<Grant>, LockBackendUnavailable | InvalidLockRequest>
-  /** Compare-and-swap extension of the owner's grant to `ttlMillis` from now. */
+  /**
+   * Compare-and-swap extension of the owner's grant to `ttlMillis` from now.
+   * `InvalidLockRequest` when the backend cannot keep a lease that long.
+   */
   readonly extend: (
     name: string,
     owner: string,
     ttlMillis: number
-  ) => Effect.Effect<ExtendOutcome, LockBackendUnavailable>
+  ) => Effect.Effect<ExtendOutcome, LockBackendUnavailable | InvalidLockRequest>
   /** Compare-and-delete of the owner's grant or waiter registration; `true` if a grant was released. */
   readonly release: (name: string, owner: string) => Effect.Effect<boolean, LockBackendUnavailable>
   /**

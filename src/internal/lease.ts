@@ -458,12 +458,16 @@ const makeLease = (
     // caller bounds the whole by the loss deadline.
     const extendRetrying = (ttl: number) =>
       extendOnce(ttl).pipe(
-        Effect.retry(
-          Schedule.min([
+        Effect.retry({
+          schedule: Schedule.min([
             Schedule.exponential(Duration.millis(Math.max(1, Math.min(10, ttl / 100)))),
             Schedule.spaced(Duration.millis(Math.max(1, ttl / 20)))
-          ])
-        )
+          ]),
+          while: (error) => error._tag === "LockBackendUnavailable"
+        }),
+        // The TTL passed the backend's checks when it was granted (or set by a
+        // successful manual extend): a refusal now means the lease cannot go on.
+        Effect.catchTag("InvalidLockRequest", () => Effect.succeed("expired" as const))
       )
 
     const heartbeat = Effect.gen(function* () {

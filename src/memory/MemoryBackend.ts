@@ -299,7 +299,8 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
                   Effect.as(Effect.sleep(Math.max(0, earliest - now)), false)
                 )
           ).pipe(Effect.onInterrupt(() => disarm(deferred)))
-          if (changed) return
+          // A change may have completed the deferred while the race ended.
+          if (changed || Deferred.isDoneUnsafe(deferred)) return
           yield* disarm(deferred)
           if (earliestExpiry() <= (yield* Clock.currentTimeMillis)) return
         }
