@@ -112,9 +112,9 @@ export interface Options {
   readonly healthCheckInterval?: Duration.Input | undefined
   /**
    * `idle_session_timeout` of the lock sessions: how long the server keeps the
-   * locks of a process that stopped talking to it. Must exceed half of every
-   * lease TTL plus `statementTimeout`. Default 2 minutes. Health checks run
-   * at least every quarter of it, so a live process never looks idle.
+   * locks of a process that stopped talking to it. Every lease TTL plus
+   * `statementTimeout` must stay below it. Default 2 minutes. Health checks
+   * run at least every quarter of it, so a live process never looks idle.
    */
   readonly sessionIdleTimeout?: Duration.Input | undefined
   /** The fencing sequence, created if missing. Default `public.effect_locks_fencing`. */
@@ -212,9 +212,13 @@ const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> 
 const grantStatement = (sequence: string, shared: boolean) =>
   `SELECT CASE WHEN pg_try_advisory_lock${shared ? "_shared" : ""}($1::int8) THEN nextval('${sequence}')::text END AS token`
 
-// Takes the first `$2` free slots of `$1`; the token only when all were free.
+// Takes the first `$2` free slots of `$1`, all or nothing within the statement:
+// the token when all were free, else the slots it took are unlocked again
+// before the statement ends (so no partial hold outlives it, and no NOTIFY).
 const grantSlotsStatement = (sequence: string) =>
-  `SELECT s.got::text[] AS got, CASE WHEN cardinality(s.got) = $2::int THEN nextval('${sequence}')::text END AS token
+  `SELECT CASE WHEN cardinality(s.got) = $2::int THEN s.got::text[] END AS got,
+          CASE WHEN cardinality(s.got) = $2::int THEN nextval('${sequence}')::text END AS token,
+          CASE WHEN cardinality(s.got) < $2::int THEN (SELECT count(pg_advisory_unlock(k)) FROM unnest(s.got) AS k) END AS undone
    FROM (SELECT coalesce(array_agg(k), '{}') AS got
          FROM (SELECT k FROM unnest($1::int8[]) AS k WHERE pg_try_advisory_lock(k) LIMIT $2::int) AS t) AS s`
 
@@ -456,8 +460,8 @@ export const make = (
 
     /**
      * Wakes the waiters that may proceed after a change: the front of the
-     * queue (the first waiter; the leading readers; the leading permit
-     * requests), and every listener that is not a queued waiter. Waiting
+     * queue (the first waiter, or the leading readers), and every listener
+     * that is not a queued waiter. Waiting
      * further back is not woken by each release: no herd.
      */
     const notify = (entry: Entry, except?: string) => {
@@ -466,14 +470,10 @@ export const make = (
       const first = entry.waiters[0]
       if (first !== undefined) {
         front.add(first.owner)
-        if (first.mode !== "exclusive") {
-          let permits = first.permits
-          for (let i = 1; i < entry.waiters.length; i++) {
-            const next = entry.waiters[i]!
-            if (next.mode !== first.mode) break
-            permits += next.permits
-            if (next.mode === "permits" && permits > entry.limit) break
-            front.add(next.owner)
+        // Readers at the front proceed together; anything else one at a time.
+        if (first.mode === "shared") {
+          for (let i = 1; i < entry.waiters.length && entry.waiters[i]!.mode === "shared"; i++) {
+            front.add(entry.waiters[i]!.owner)
           }
         }
       }
@@ -539,40 +539,75 @@ export const make = (
         for (const hold of session.holds) hold.lost ??= reason
         session.keys.clear()
         Deferred.doneUnsafe(session.lost, Effect.succeed(reason))
+        const names = new Set<string>()
+        for (const hold of session.holds) names.add(hold.name)
         const cleanup = Effect.gen(function* () {
           if (terminate) {
             yield* Effect.ignore(
               withDeadline(config.statementMillis, pg`SELECT pg_terminate_backend(${session.pid})`.pipe(Effect.asVoid))
             )
           }
-          // If the connection still answers, it must not return to the pool with locks.
-          yield* Effect.ignore(
-            withDeadline(config.statementMillis, session.conn.execute("SELECT pg_advisory_unlock_all()", [], undefined))
-          )
-          yield* Scope.close(session.scope, Exit.void)
+          // A connection that still answers must not return to the pool with
+          // locks or our settings; one that does not (broken, or a statement
+          // still in flight) is closed, not returned.
+          yield* giveBack(session)
+          ownPids.delete(session.pid)
+          // Its locks are gone on the server: wake the waiters, here and in
+          // other processes (nobody released them, so nobody notified).
+          for (const name of names) {
+            const entry = entries.get(name)
+            if (entry !== undefined) notify(entry)
+            yield* Effect.ignore(withDeadline(config.statementMillis, pg.notify(config.channel, String(keyFor(name)))))
+          }
         })
         return Effect.asVoid(Effect.forkIn(cleanup, backendScope))
+      })
+
+    /**
+     * Returns a lock session to the pool: its locks unlocked and its settings
+     * reset. If any of that fails the connection is broken or still has a
+     * statement in flight, and the pool closes it instead of reusing it.
+     */
+    const giveBack = (session: Session) =>
+      Effect.gen(function* () {
+        for (const statement of [
+          "SELECT pg_advisory_unlock_all()",
+          "RESET application_name",
+          "RESET idle_session_timeout"
+        ]) {
+          const ok = yield* withDeadline(config.statementMillis, session.conn.execute(statement, [], undefined)).pipe(
+            Effect.as(true),
+            Effect.orElseSucceed(() => false)
+          )
+          if (!ok) break
+        }
+        yield* Scope.close(session.scope, Exit.void)
       })
 
     /** Classifies a failed statement: a missed deadline makes the session `unreachable`, anything else ends it. */
     const failSession = (session: Session, error: SqlError | StatementTimeout) =>
       error instanceof StatementTimeout ? kill(session, "unreachable", true) : kill(session, "connection-closed", true)
 
-    /** One statement on a lock session: serialized with the session's other statements, under the deadline. */
-    const run = (session: Session, operation: string, sql: string, params: ReadonlyArray<unknown>) =>
-      session.mutex.withPermits(1)(
-        Effect.suspend(() =>
-          session.alive
-            ? withDeadline(config.statementMillis, session.conn.execute(sql, params, undefined)).pipe(
-                Effect.tapError((error) => failSession(session, error)),
-                Effect.mapError(unavailable(operation))
-              )
-            : Effect.fail(unavailable(operation)("the lock session was closed"))
-        )
+    /** One statement on a lock session, under the deadline; the caller holds the session's mutex. */
+    const runLocked = (session: Session, operation: string, sql: string, params: ReadonlyArray<unknown>) =>
+      Effect.suspend(() =>
+        session.alive
+          ? withDeadline(config.statementMillis, session.conn.execute(sql, params, undefined)).pipe(
+              Effect.tapError((error) => failSession(session, error)),
+              Effect.mapError(unavailable(operation))
+            )
+          : Effect.fail(unavailable(operation)("the lock session was closed"))
       )
 
+    /** One statement on a lock session: serialized with the session's other statements, under the deadline. */
+    const run = (session: Session, operation: string, sql: string, params: ReadonlyArray<unknown>) =>
+      session.mutex.withPermits(1)(runLocked(session, operation, sql, params))
+
     const openSession = Effect.gen(function* () {
-      const scope = yield* Scope.fork(backendScope, "sequential")
+      // Not a child of the backend's scope: that would close it (and give the
+      // connection back to the pool, locks and all) before the backend's own
+      // finalizer has unlocked it. `giveBack` closes it, always.
+      const scope = yield* Scope.make("sequential")
       const opened = yield* withDeadline(
         config.statementMillis,
         Effect.gen(function* () {
@@ -705,60 +740,50 @@ export const make = (
 
     // -- grants ---------------------------------------------------------------
 
-    /** The server half of a grant: one statement on `session`, under its mutex. */
+    /**
+     * The server half of a grant: one statement on `session`. The checks of
+     * what the session already holds run under its mutex, together with the
+     * statement, so two grants in flight on one session never pick the same
+     * key (a session would grant it twice: advisory locks are re-entrant).
+     */
     const grantOnServer = (session: Session, entry: Entry, request: GrantRequest) =>
-      Effect.gen(function* () {
-        switch (request.mode) {
-          case "exclusive":
-          case "shared": {
-            const shared = request.mode === "shared"
-            // Re-entrancy guard: a session never grants an exclusive key it already holds.
-            if (!shared && session.keys.has(entry.key)) return Option.none<readonly [bigint, ReadonlyArray<bigint>]>()
-            const rows = yield* run(session, "tryAcquire", grantStatement(config.sequence, shared), [
-              entry.key.toString()
-            ])
-            const token = (rows[0] as { token: string | null } | undefined)?.token ?? null
-            if (token === null) return Option.none()
-            session.keys.set(entry.key, (session.keys.get(entry.key) ?? 0) + 1)
-            return Option.some([BigInt(token), [entry.key]] as const)
-          }
-          case "permits": {
-            const candidates = slotKeys(entry).filter((key) => !session.keys.has(key))
-            if (candidates.length < request.permits) return Option.none()
-            const rows = yield* run(session, "tryAcquire", grantSlotsStatement(config.sequence), [
-              keyArray(candidates),
-              String(request.permits)
-            ])
-            const row = rows[0] as { got: ReadonlyArray<string> | null; token: string | null } | undefined
-            const got = (row?.got ?? []).map((k) => BigInt(k))
-            for (const key of got) session.keys.set(key, 1)
-            if (row?.token !== null && row?.token !== undefined && got.length === request.permits) {
+      session.mutex.withPermits(1)(
+        Effect.gen(function* () {
+          switch (request.mode) {
+            case "exclusive":
+            case "shared": {
+              const shared = request.mode === "shared"
+              if (!shared && session.keys.has(entry.key)) return Option.none<readonly [bigint, ReadonlyArray<bigint>]>()
+              const rows = yield* runLocked(session, "tryAcquire", grantStatement(config.sequence, shared), [
+                entry.key.toString()
+              ])
+              const token = (rows[0] as { token: string | null } | undefined)?.token ?? null
+              if (token === null) return Option.none()
+              session.keys.set(entry.key, (session.keys.get(entry.key) ?? 0) + 1)
+              return Option.some([BigInt(token), [entry.key]] as const)
+            }
+            case "permits": {
+              const candidates = slotKeys(entry).filter((key) => !session.keys.has(key))
+              if (candidates.length < request.permits) return Option.none()
+              const rows = yield* runLocked(session, "tryAcquire", grantSlotsStatement(config.sequence), [
+                keyArray(candidates),
+                String(request.permits)
+              ])
+              const row = rows[0] as { got: ReadonlyArray<string> | null; token: string | null } | undefined
+              if (row?.token === null || row?.token === undefined || row.got === null) return Option.none()
+              const got = row.got.map((k) => BigInt(k))
+              for (const key of got) session.keys.set(key, (session.keys.get(key) ?? 0) + 1)
               return Option.some([BigInt(row.token), got] as const)
             }
-            if (got.length > 0) {
-              yield* run(session, "tryAcquire", unlockSlotsStatement, [
-                keyArray(got),
-                config.channel,
-                String(entry.key)
-              ])
-              for (const key of got) session.keys.delete(key)
-            }
-            return Option.none()
           }
-        }
-      })
+        })
+      )
 
     const tryAcquire = (request: GrantRequest) =>
       Effect.uninterruptible(
         Effect.gen(function* () {
-          // A holder cut off from the database believes in its lease for up to a
-          // TTL (without heartbeat); the server must keep the lock that long.
-          if (request.ttlMillis + config.statementMillis >= config.idleMillis) {
-            return yield* invalid(
-              "ttl",
-              `the TTL plus the statement deadline (${config.statementMillis} ms) must be below the PostgreSQL backend's sessionIdleTimeout (${config.idleMillis} ms)`
-            )
-          }
+          const tooLong = ttlCheck(request.ttlMillis)
+          if (tooLong !== undefined) return yield* tooLong
           const now = yield* Clock.currentTimeMillis
           const entry = entryFor(request.name)
           sweep(entry, now)
@@ -831,10 +856,12 @@ export const make = (
           if (Exit.isFailure(attempt) || Option.isNone(attempt.value)) {
             register()
             gc(entry)
-            // Waiters that queued behind this pending grant may proceed now, but
-            // not the requester itself: waking it would make it retry at once,
-            // a busy loop while another process holds the name.
-            notify(entry, request.owner)
+            // A queued requester is back at its place: nobody's eligibility
+            // changed, and waking anyone (itself or the readers beside it) would
+            // make them retry at once, a busy loop while another process holds
+            // the name. A one-off attempt leaves: whoever queued behind its
+            // pending grant may proceed now.
+            if (!request.queue) notify(entry, request.owner)
             return yield* attempt.pipe(Effect.as(Option.none<Grant>()))
           }
           const [session, [token, keys]] = attempt.value.value
@@ -910,8 +937,20 @@ export const make = (
         })
       )
 
-    const extend = (name: string, owner: string, ttlMillis: number): Effect.Effect<ExtendOutcome> =>
+    const ttlCheck = (ttlMillis: number): InvalidLockRequest | undefined =>
+      // A holder cut off from the database believes in its lease for up to a
+      // TTL (without heartbeat); the server must keep the lock that long.
+      ttlMillis + config.statementMillis >= config.idleMillis
+        ? invalid(
+            "ttl",
+            `the TTL plus the statement deadline (${config.statementMillis} ms) must be below the PostgreSQL backend's sessionIdleTimeout (${config.idleMillis} ms)`
+          )
+        : undefined
+
+    const extend = (name: string, owner: string, ttlMillis: number): Effect.Effect<ExtendOutcome, InvalidLockRequest> =>
       Effect.gen(function* () {
+        const tooLong = ttlCheck(ttlMillis)
+        if (tooLong !== undefined) return yield* tooLong
         const now = yield* Clock.currentTimeMillis
         const entry = entries.get(name)
         const hold = entry?.holders.get(owner)
@@ -1016,7 +1055,10 @@ export const make = (
           const entry = entries.get(name)
           let earliest = Infinity
           if (entry !== undefined) {
-            for (const hold of entry.holders.values()) earliest = Math.min(earliest, hold.expiresAt)
+            // A hold whose unlock is running signals when it is done.
+            for (const hold of entry.holders.values()) {
+              if (hold.releasing === undefined) earliest = Math.min(earliest, hold.expiresAt)
+            }
             for (const waiter of entry.waiters) earliest = Math.min(earliest, waiter.expiresAt)
           }
           return earliest
@@ -1043,7 +1085,8 @@ export const make = (
                     Effect.as(Effect.sleep(Math.max(0, earliest - now)), false)
                   )
             ).pipe(Effect.onInterrupt(() => disarm(deferred)))
-            if (changed) return
+            // A signal may have completed the deferred while the race ended.
+            if (changed || Deferred.isDoneUnsafe(deferred)) return
             yield* disarm(deferred)
             if (earliestExpiry() <= (yield* Clock.currentTimeMillis)) return
           }
@@ -1090,7 +1133,7 @@ export const make = (
         })
       )
 
-    // Give the sessions back clean: unlock everything, then return them to the pool.
+    // Give the sessions back clean when the backend's scope closes.
     yield* Effect.addFinalizer(() =>
       Effect.forEach(
         [...sessions],
@@ -1098,13 +1141,7 @@ export const make = (
           Effect.gen(function* () {
             session.alive = false
             Deferred.doneUnsafe(session.lost, Effect.succeed("connection-closed"))
-            yield* Effect.ignore(
-              withDeadline(
-                config.statementMillis,
-                session.mutex.withPermits(1)(session.conn.execute("SELECT pg_advisory_unlock_all()", [], undefined))
-              )
-            )
-            yield* Scope.close(session.scope, Exit.void)
+            yield* session.mutex.withPermits(1)(giveBack(session))
           }),
         { discard: true, concurrency: "unbounded" }
       )
