@@ -202,4 +202,32 @@ describe("PostgreSQL backend review findings", () => {
       assert.deepStrictEqual(yield* heldKeys(poolApp), [], "a pooled connection holds an advisory lock")
     }).pipe(Effect.scoped, Effect.andThen(assertNothingLeft(poolApp)))
   })
+
+  it.live("when a session dies, waiters in other processes are woken (nobody released, so nobody notified)", () => {
+    const appA = freshAppName("dead-a")
+    const appB = freshAppName("dead-b")
+    const name = "review-dead"
+    return Effect.gen(function* () {
+      const a = yield* Layer.build(backendLayer(appA, { sessions: 1 }))
+      const b = yield* Layer.build(backendLayer(appB))
+      const lease = yield* Lock.scoped(name, { onLost: "ignore" }).pipe(Effect.provide(a))
+      // B waits with a one-hour retry, and its first refresh attempt comes after ttl/3 = 10 s: only a
+      // notification can wake it within the 5 s timeout.
+      const waiter = yield* Effect.forkChild(
+        Effect.scoped(Lock.scoped(name, { retry: hourRetry, ttl: "30 seconds", timeout: "5 seconds" })).pipe(
+          Effect.provide(b)
+        )
+      )
+      yield* eventually(
+        Effect.map(LockBackend.inspect(name).pipe(Effect.provide(b)), (i) => i.waiters.length),
+        1
+      )
+      const sql = Context.get(yield* Layer.build(admin), SqlClient)
+      yield* sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = ${appA} AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')`
+      const lost = yield* lease.lost
+      assert.strictEqual(lost.reason, "connection-closed")
+      yield* Fiber.join(waiter)
+    }).pipe(Effect.scoped, Effect.andThen(assertNothingLeft(appA)), Effect.andThen(assertNothingLeft(appB)))
+  })
 })
