@@ -394,13 +394,13 @@ export const make = (
 
     // Entries come and go with every acquisition; their keys (a SHA-256 each)
     // are kept for the names used most recently.
-    const keys = new Map<string, bigint>()
+    const keyCache = new Map<string, bigint>()
     const keyFor = (name: string): bigint => {
-      let key = keys.get(name)
+      let key = keyCache.get(name)
       if (key === undefined) {
-        if (keys.size >= 4096) keys.clear()
+        if (keyCache.size >= 4096) keyCache.clear()
         key = config.key(name)
-        keys.set(name, key)
+        keyCache.set(name, key)
       }
       return key
     }
