@@ -77,7 +77,7 @@ import {
 } from "../LockBackend.ts"
 import * as LockConfig from "../LockConfig.ts"
 import { InvalidLockRequest, LockBackendUnavailable, LockTimeout, type LostReason } from "../LockError.ts"
-import { keyOf as deriveKey } from "./internal/key.ts"
+import { keyOf as deriveKey, intentKeyOf as deriveIntentKey } from "./internal/key.ts"
 
 /**
  * The 64-bit advisory-lock key of a name under a namespace, or of one permit
@@ -95,6 +95,16 @@ import { keyOf as deriveKey } from "./internal/key.ts"
  * @since 0.1.0
  */
 export const keyOf: (namespace: string, name: string, slot?: number) => bigint = deriveKey
+
+/**
+ * The key of a name's writer intent: a process whose writer waits for a
+ * name holds it, and readers (of every process) do not start while anyone
+ * holds it, so writers are not starved across processes. SHA-256 as in
+ * `keyOf`, with a `0x02` byte after the name instead of a slot.
+ *
+ * @since 0.1.0
+ */
+export const intentKeyOf: (namespace: string, name: string) => bigint = deriveIntentKey
 
 /**
  * Options of the PostgreSQL backend.
@@ -142,6 +152,7 @@ interface Resolved {
   readonly channel: string
   readonly applicationName: string
   readonly key: (name: string, slot?: number) => bigint
+  readonly intentKey: (name: string) => bigint
 }
 
 const identifier = /^[a-z_][a-z0-9_]{0,62}$/
@@ -201,7 +212,8 @@ const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> 
       sequenceName,
       channel,
       applicationName,
-      key
+      key,
+      intentKey: (name: string) => deriveIntentKey(namespace, name)
     }
   })
 
@@ -209,8 +221,25 @@ const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> 
 // Statements. Keys and counts travel as text and are cast on the server:
 // int8 values beyond 2^53 must not pass through JavaScript numbers.
 
-const grantStatement = (sequence: string, shared: boolean) =>
-  `SELECT CASE WHEN pg_try_advisory_lock${shared ? "_shared" : ""}($1::int8) THEN nextval('${sequence}')::text END AS token`
+// A writer: the lock `$1`; when refused and `$3`, the name's intent `$2` (so
+// that new readers queue behind it); when granted and `$4`, the intent it
+// held is dropped in the same statement.
+const grantExclusiveStatement = (sequence: string) =>
+  `SELECT t.token,
+          CASE WHEN t.token IS NULL AND $3::bool THEN pg_try_advisory_lock($2::int8) END AS intent,
+          CASE WHEN t.token IS NOT NULL AND $4::bool THEN pg_advisory_unlock($2::int8) END AS dropped
+   FROM (SELECT CASE WHEN pg_try_advisory_lock($1::int8) THEN nextval('${sequence}')::text END AS token) AS t`
+
+// A reader: only while nobody holds the name's intent `$2` (a waiting writer
+// of any process), then the shared lock `$1`. CASE fixes the order.
+const grantSharedStatement = (sequence: string) =>
+  `SELECT CASE WHEN pg_try_advisory_lock_shared($2::int8) THEN
+            CASE WHEN pg_advisory_unlock_shared($2::int8) THEN
+              CASE WHEN pg_try_advisory_lock_shared($1::int8) THEN nextval('${sequence}')::text END
+            END
+          END AS token`
+
+const dropIntentStatement = `SELECT pg_advisory_unlock($1::int8) AS ok, pg_notify($2, $3)`
 
 // Takes the first `$2` free slots of `$1`, all or nothing within the statement:
 // the token when all were free, else the slots it took are unlocked again
@@ -302,6 +331,8 @@ interface Entry {
   readonly pending: Map<string, { readonly mode: LockMode; readonly permits: number }>
   waiters: Array<Waiter>
   readonly listeners: Set<Listener>
+  /** The name's writer intent, held on `session` for the waiting writer `owner`. */
+  intent: { readonly session: Session; readonly owner: string; readonly key: bigint } | undefined
 }
 
 const signal = (listener: Listener) => {
@@ -385,6 +416,8 @@ export const make = (
     const byKey = new Map<bigint, Set<Entry>>()
     const claimedBy = new Map<bigint, string>()
     const sessions: Array<Session> = []
+    /** Sessions not yet given back to the pool, alive or dead. */
+    const unreturned = new Set<Session>()
     /** Backend pids of our lock sessions: their notifications are echoes of our own releases. */
     const ownPids = new Set<number>()
     const openMutex = Semaphore.makeUnsafe(1)
@@ -417,7 +450,8 @@ export const make = (
           holders: new Map(),
           pending: new Map(),
           waiters: [],
-          listeners: new Set()
+          listeners: new Set(),
+          intent: undefined
         }
         entries.set(name, entry)
         let set = byKey.get(entry.key)
@@ -491,6 +525,34 @@ export const make = (
       for (const entry of entries.values()) notify(entry)
     }
 
+    /** The session's own count of a key, mirroring PostgreSQL's re-entrancy count. */
+    const addKey = (session: Session, key: bigint) => session.keys.set(key, (session.keys.get(key) ?? 0) + 1)
+    const removeKey = (session: Session, key: bigint) => {
+      const count = (session.keys.get(key) ?? 0) - 1
+      if (count > 0) session.keys.set(key, count)
+      else session.keys.delete(key)
+    }
+
+    /**
+     * Drops the name's writer intent (its writer left without a grant) and
+     * wakes the readers of other processes that it held back.
+     */
+    const dropIntent = (entry: Entry): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const intent = entry.intent
+        if (intent === undefined) return Effect.void
+        entry.intent = undefined
+        if (!intent.session.alive) return Effect.void
+        return run(intent.session, "release", dropIntentStatement, [
+          intent.key.toString(),
+          config.channel,
+          String(entry.key)
+        ]).pipe(
+          Effect.tap(() => Effect.sync(() => removeKey(intent.session, intent.key))),
+          Effect.ignore
+        )
+      })
+
     const slotKeys = (entry: Entry) => Array.from({ length: entry.limit }, (_, slot) => config.key(entry.name, slot))
 
     const eligible = (entry: Entry, request: GrantRequest, position: number): boolean => {
@@ -514,6 +576,10 @@ export const make = (
       const live = entry.waiters.filter((waiter) => waiter.expiresAt > now)
       if (live.length !== entry.waiters.length) {
         entry.waiters = live
+        const intent = entry.intent
+        if (intent !== undefined && !live.some((waiter) => waiter.owner === intent.owner)) {
+          runFork(dropIntent(entry))
+        }
         notify(entry)
       }
       for (const hold of entry.holders.values()) {
@@ -537,6 +603,7 @@ export const make = (
         const index = sessions.indexOf(session)
         if (index !== -1) sessions.splice(index, 1)
         for (const hold of session.holds) hold.lost ??= reason
+        for (const entry of entries.values()) if (entry.intent?.session === session) entry.intent = undefined
         session.keys.clear()
         Deferred.doneUnsafe(session.lost, Effect.succeed(reason))
         const names = new Set<string>()
@@ -570,6 +637,8 @@ export const make = (
      */
     const giveBack = (session: Session) =>
       Effect.gen(function* () {
+        // Once, by whoever comes first: a dead session's cleanup or the backend's finalizer.
+        if (!unreturned.delete(session)) return
         for (const statement of [
           "SELECT pg_advisory_unlock_all()",
           "RESET application_name",
@@ -582,7 +651,7 @@ export const make = (
           if (!ok) break
         }
         yield* Scope.close(session.scope, Exit.void)
-      })
+      }).pipe(Effect.uninterruptible)
 
     /** Classifies a failed statement: a missed deadline makes the session `unreachable`, anything else ends it. */
     const failSession = (session: Session, error: SqlError | StatementTimeout) =>
@@ -641,6 +710,7 @@ export const make = (
         wake: Deferred.makeUnsafe<void>()
       }
       sessions.push(session)
+      unreturned.add(session)
       ownPids.add(session.pid)
       yield* Effect.forkIn(healthLoop(session), backendScope)
       return session
@@ -750,16 +820,40 @@ export const make = (
       session.mutex.withPermits(1)(
         Effect.gen(function* () {
           switch (request.mode) {
-            case "exclusive":
             case "shared": {
-              const shared = request.mode === "shared"
-              if (!shared && session.keys.has(entry.key)) return Option.none<readonly [bigint, ReadonlyArray<bigint>]>()
-              const rows = yield* runLocked(session, "tryAcquire", grantStatement(config.sequence, shared), [
-                entry.key.toString()
+              const rows = yield* runLocked(session, "tryAcquire", grantSharedStatement(config.sequence), [
+                entry.key.toString(),
+                config.intentKey(entry.name).toString()
               ])
               const token = (rows[0] as { token: string | null } | undefined)?.token ?? null
+              if (token === null) return Option.none<readonly [bigint, ReadonlyArray<bigint>]>()
+              addKey(session, entry.key)
+              return Option.some([BigInt(token), [entry.key]] as const)
+            }
+            case "exclusive": {
+              if (session.keys.has(entry.key)) return Option.none()
+              const intentKey = config.intentKey(entry.name)
+              const mine = entry.intent !== undefined && entry.intent.owner === request.owner
+              const want = request.queue && entry.intent === undefined
+              const rows = yield* runLocked(session, "tryAcquire", grantExclusiveStatement(config.sequence), [
+                entry.key.toString(),
+                intentKey.toString(),
+                want,
+                mine && entry.intent?.session === session
+              ])
+              const row = rows[0] as
+                { token: string | null; intent: boolean | null; dropped: boolean | null } | undefined
+              if (row?.intent === true) {
+                addKey(session, intentKey)
+                entry.intent = { session, owner: request.owner, key: intentKey }
+              }
+              if (row?.dropped === true) {
+                removeKey(session, intentKey)
+                entry.intent = undefined
+              }
+              const token = row?.token ?? null
               if (token === null) return Option.none()
-              session.keys.set(entry.key, (session.keys.get(entry.key) ?? 0) + 1)
+              addKey(session, entry.key)
               return Option.some([BigInt(token), [entry.key]] as const)
             }
             case "permits": {
@@ -772,7 +866,7 @@ export const make = (
               const row = rows[0] as { got: ReadonlyArray<string> | null; token: string | null } | undefined
               if (row?.token === null || row?.token === undefined || row.got === null) return Option.none()
               const got = row.got.map((k) => BigInt(k))
-              for (const key of got) session.keys.set(key, (session.keys.get(key) ?? 0) + 1)
+              for (const key of got) addKey(session, key)
               return Option.some([BigInt(row.token), got] as const)
             }
           }
@@ -844,7 +938,16 @@ export const make = (
           entry.pending.set(request.owner, { mode: request.mode, permits: request.permits })
           const attempt = yield* Effect.exit(
             Effect.flatMap(
-              pickSession(request.mode === "shared" ? (s) => (s.keys.get(entry.key) ?? 0) > 0 && s.alive : undefined),
+              pickSession(
+                // Our own writer's intent does not hold back our own readers (the
+                // queue orders them in-process): they use the session that holds it,
+                // where PostgreSQL sees no conflict.
+                entry.intent !== undefined && (request.mode === "shared" || entry.intent.owner === request.owner)
+                  ? (s) => s === entry.intent?.session && s.alive
+                  : request.mode === "shared"
+                    ? (s) => (s.keys.get(entry.key) ?? 0) > 0 && s.alive
+                    : undefined
+              ),
               (session) =>
                 Effect.map(
                   grantOnServer(session, entry, request),
@@ -980,12 +1083,12 @@ export const make = (
           entry.waiters.splice(index, 1)
           notify(entry)
         }
+        const leaving = entry.intent?.owner === owner ? dropIntent(entry) : Effect.void
         const hold = entry.holders.get(owner)
         if (hold === undefined) {
-          gc(entry)
-          return Effect.succeed(false)
+          return Effect.uninterruptible(leaving).pipe(Effect.andThen(Effect.sync(() => gc(entry))), Effect.as(false))
         }
-        return releaseHold(entry, hold)
+        return Effect.andThen(Effect.uninterruptible(leaving), releaseHold(entry, hold))
       })
 
     // -- wake-ups -------------------------------------------------------------
@@ -1136,12 +1239,14 @@ export const make = (
     // Give the sessions back clean when the backend's scope closes.
     yield* Effect.addFinalizer(() =>
       Effect.forEach(
-        [...sessions],
+        [...unreturned],
         (session) =>
           Effect.gen(function* () {
+            const alive = session.alive
             session.alive = false
             Deferred.doneUnsafe(session.lost, Effect.succeed("connection-closed"))
-            yield* session.mutex.withPermits(1)(giveBack(session))
+            // A live session's statements finish first; a dead one may have one stuck for ever.
+            yield* alive ? session.mutex.withPermits(1)(giveBack(session)) : giveBack(session)
           }),
         { discard: true, concurrency: "unbounded" }
       )

@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
-import { DistributedSemaphore, Lock, LockBackend, LockConfig } from "../../src/index.ts"
+import { DistributedSemaphore, Lock, LockBackend, LockConfig, ReadWriteLock } from "../../src/index.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
 import {
   admin,
@@ -70,6 +70,9 @@ describe("PostgresBackend.keyOf", () => {
     for (const [namespace, name, slot, key] of vectors) {
       assert.strictEqual(PostgresBackend.keyOf(namespace, name, slot), key, `${namespace}/${name}/${slot}`)
     }
+    // Writer intents: a 0x02 byte after the name.
+    assert.strictEqual(PostgresBackend.intentKeyOf("default", "a"), -2166069196230107152n)
+    assert.strictEqual(PostgresBackend.intentKeyOf("tenant-1", "orders:42"), 8464613175208421895n)
   })
 
   it("separates namespace, name and slot unambiguously", () => {
@@ -223,6 +226,63 @@ describe("PostgresBackend on a real server", () => {
       Effect.andThen(assertNothingLeft(appName)),
       Effect.andThen(assertNothingLeft(waiterApp))
     )
+  })
+
+  it.live("a writer waiting in one process is not starved by readers of other processes", () => {
+    const apps = [freshAppName("rw-a"), freshAppName("rw-b"), freshAppName("rw-c")]
+    const name = "writer-preference"
+    return Effect.gen(function* () {
+      const [a, b, c] = yield* Effect.forEach(apps, (app) => Layer.build(backendLayer(app)))
+      const order: Array<string> = []
+      const reader = yield* ReadWriteLock.read(name).pipe(Effect.provide(b!))
+      // A's writer waits (its retry interval is one hour: it proceeds by notification).
+      const writer = yield* Effect.forkChild(
+        ReadWriteLock.withWrite(name, { retry: hourRetry, timeout: "20 seconds" })(
+          Effect.sync(() => order.push("writer"))
+        ).pipe(Effect.provide(a!))
+      )
+      // Its intent is on the server...
+      const intent = PostgresBackend.intentKeyOf("default", name)
+      yield* eventually(
+        Effect.map(heldKeys(apps[0]!), (keys) => (keys.includes(intent) ? 1 : 0)),
+        1
+      )
+      // ...so new readers of other processes (and of the reader's own process) do not start.
+      assert.isTrue(Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name)).pipe(Effect.provide(b!))))
+      assert.isTrue(Option.isNone(yield* Effect.scoped(ReadWriteLock.tryRead(name)).pipe(Effect.provide(c!))))
+      const late = yield* Effect.forkChild(
+        ReadWriteLock.withRead(name, { retry: hourRetry, timeout: "20 seconds" })(
+          Effect.sync(() => order.push("late reader"))
+        ).pipe(Effect.provide(c!))
+      )
+      yield* reader.release
+      yield* Fiber.join(writer)
+      yield* Fiber.join(late)
+      assert.deepStrictEqual(order, ["writer", "late reader"])
+      // The intent went with the grant.
+      assert.notInclude(yield* heldKeys(apps[0]!), intent)
+    }).pipe(Effect.scoped, Effect.andThen(Effect.forEach(apps, assertNothingLeft)))
+  })
+
+  it.live("a waiting writer that gives up drops its intent: readers of other processes proceed", () => {
+    const apps = [freshAppName("rwq-a"), freshAppName("rwq-b")]
+    const name = "writer-gives-up"
+    return Effect.gen(function* () {
+      const [a, b] = yield* Effect.forEach(apps, (app) => Layer.build(backendLayer(app)))
+      const reader = yield* ReadWriteLock.read(name).pipe(Effect.provide(b!))
+      const writer = yield* Effect.forkChild(
+        Effect.scoped(ReadWriteLock.write(name, { retry: hourRetry })).pipe(Effect.provide(a!))
+      )
+      const intent = PostgresBackend.intentKeyOf("default", name)
+      yield* eventually(
+        Effect.map(heldKeys(apps[0]!), (keys) => (keys.includes(intent) ? 1 : 0)),
+        1
+      )
+      yield* Fiber.interrupt(writer)
+      assert.notInclude(yield* heldKeys(apps[0]!), intent)
+      assert.isTrue(Option.isSome(yield* Effect.scoped(ReadWriteLock.tryRead(name)).pipe(Effect.provide(b!))))
+      yield* reader.release
+    }).pipe(Effect.scoped, Effect.andThen(Effect.forEach(apps, assertNothingLeft)))
   })
 
   it.live("LOCK_PROVIDER=postgres with LOCK_POSTGRES_URL through LockBackend.layerConfig", () => {

@@ -29,9 +29,21 @@ const u32 = (n: number): Uint8Array => {
  * the digest, read as a signed big-endian integer, are the key.
  */
 export const keyOf = (namespace: string, name: string, slot?: number): bigint => {
-  const ns = encoder.encode(namespace)
-  const nm = encoder.encode(name)
-  const hash = createHash("sha256").update(VERSION).update(u32(ns.length)).update(ns).update(u32(nm.length)).update(nm)
+  const hash = base(namespace, name)
   if (slot !== undefined) hash.update(Uint8Array.of(1)).update(u32(slot))
   return hash.digest().readBigInt64BE(0)
+}
+
+/**
+ * The key of a name's writer intent: held by a process whose writer waits,
+ * so that readers of other processes queue behind it. Derived like
+ * `keyOf`, with a `0x02` byte after the name.
+ */
+export const intentKeyOf = (namespace: string, name: string): bigint =>
+  base(namespace, name).update(Uint8Array.of(2)).digest().readBigInt64BE(0)
+
+const base = (namespace: string, name: string) => {
+  const ns = encoder.encode(namespace)
+  const nm = encoder.encode(name)
+  return createHash("sha256").update(VERSION).update(u32(ns.length)).update(ns).update(u32(nm.length)).update(nm)
 }
