@@ -39,7 +39,8 @@
  *   health check notices a changed backend pid and fails the session.
  * - Waiters are served in FIFO order within a process; across processes the
  *   order is whoever retries first after a release (PostgreSQL has no queue
- *   for try-locks).
+ *   for try-locks), except that a waiting writer's intent key
+ *   (`intentKeyOf`) holds back new readers of every process.
  * - A semaphore and a lock of the same name use different keys; use a name
  *   for one kind only.
  *
