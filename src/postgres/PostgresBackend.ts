@@ -222,6 +222,10 @@ const resolve = (options: Options): Effect.Effect<Resolved, InvalidLockRequest> 
 // Statements. Keys and counts travel as text and are cast on the server:
 // int8 values beyond 2^53 must not pass through JavaScript numbers.
 
+// A writer's first attempt (the common, uncontended case): just the lock.
+const grantPlainStatement = (sequence: string) =>
+  `SELECT CASE WHEN pg_try_advisory_lock($1::int8) THEN nextval('${sequence}')::text END AS token`
+
 // A writer: the lock `$1`; when refused and `$3`, the name's intent `$2` (so
 // that new readers queue behind it); when granted and `$4`, the intent it
 // held is dropped in the same statement.
@@ -435,6 +439,17 @@ export const make = (
         if (keyCache.size >= 4096) keyCache.clear()
         key = config.key(name)
         keyCache.set(name, key)
+      }
+      return key
+    }
+
+    const intentCache = new Map<string, bigint>()
+    const intentFor = (name: string): bigint => {
+      let key = intentCache.get(name)
+      if (key === undefined) {
+        if (intentCache.size >= 4096) intentCache.clear()
+        key = config.intentKey(name)
+        intentCache.set(name, key)
       }
       return key
     }
@@ -817,14 +832,14 @@ export const make = (
      * statement, so two grants in flight on one session never pick the same
      * key (a session would grant it twice: advisory locks are re-entrant).
      */
-    const grantOnServer = (session: Session, entry: Entry, request: GrantRequest) =>
+    const grantOnServer = (session: Session, entry: Entry, request: GrantRequest, registered: boolean) =>
       session.mutex.withPermits(1)(
         Effect.gen(function* () {
           switch (request.mode) {
             case "shared": {
               const rows = yield* runLocked(session, "tryAcquire", grantSharedStatement(config.sequence), [
                 entry.key.toString(),
-                config.intentKey(entry.name).toString()
+                intentFor(entry.name).toString()
               ])
               const token = (rows[0] as { token: string | null } | undefined)?.token ?? null
               if (token === null) return Option.none<readonly [bigint, ReadonlyArray<bigint>]>()
@@ -833,14 +848,27 @@ export const make = (
             }
             case "exclusive": {
               if (session.keys.has(entry.key)) return Option.none()
-              const intentKey = config.intentKey(entry.name)
               const mine = entry.intent !== undefined && entry.intent.owner === request.owner
-              const want = request.queue && entry.intent === undefined
+              const drop = mine && entry.intent?.session === session
+              // The intent is taken by a writer that already waits (its first
+              // attempt was refused): an uncontended lock costs no more than a
+              // plain try-lock.
+              const want = request.queue && registered && entry.intent === undefined
+              if (!want && !drop) {
+                const plain = yield* runLocked(session, "tryAcquire", grantPlainStatement(config.sequence), [
+                  entry.key.toString()
+                ])
+                const plainToken = (plain[0] as { token: string | null } | undefined)?.token ?? null
+                if (plainToken === null) return Option.none()
+                addKey(session, entry.key)
+                return Option.some([BigInt(plainToken), [entry.key]] as const)
+              }
+              const intentKey = intentFor(entry.name)
               const rows = yield* runLocked(session, "tryAcquire", grantExclusiveStatement(config.sequence), [
                 entry.key.toString(),
                 intentKey.toString(),
                 want,
-                mine && entry.intent?.session === session
+                drop
               ])
               const row = rows[0] as
                 { token: string | null; intent: boolean | null; dropped: boolean | null } | undefined
@@ -951,7 +979,7 @@ export const make = (
               ),
               (session) =>
                 Effect.map(
-                  grantOnServer(session, entry, request),
+                  grantOnServer(session, entry, request, index !== -1),
                   Option.map((got) => [session, got] as const)
                 )
             )
