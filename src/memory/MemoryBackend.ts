@@ -17,7 +17,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Deferred, Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option } from "effect"
 import {
   type Grant,
   type GrantRequest,
@@ -29,6 +29,7 @@ import {
   registerProvider,
   type WaiterInfo
 } from "../LockBackend.ts"
+import { type Listener, makeListener, signal, waitForChange } from "../internal/changeSignal.ts"
 import { InvalidLockRequest } from "../LockError.ts"
 
 interface Holder {
@@ -49,11 +50,6 @@ interface Waiter {
   /** A registration lives one TTL unless its owner attempts again (the core refreshes every ttl/3). */
   expiresAt: number
   readonly metadata: Readonly<Record<string, string>>
-}
-
-interface Listener {
-  pending: boolean
-  deferred: Deferred.Deferred<void> | undefined
 }
 
 interface Entry {
@@ -87,20 +83,8 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
     return entry
   }
 
-  // A change either wakes the listener's waiting deferred or is remembered
-  // as pending for its next wait: never both, so no change is lost.
   const notify = (entry: Entry) => {
-    for (const listener of entry.listeners) {
-      const waiting = listener.deferred
-      if (waiting !== undefined) {
-        // Detach first: completing may resume the waiter inline, and it must
-        // not find this (completed) deferred still armed.
-        listener.deferred = undefined
-        Deferred.doneUnsafe(waiting, Effect.void)
-      } else {
-        listener.pending = true
-      }
-    }
+    for (const listener of entry.listeners) signal(listener)
   }
 
   const gc = (name: string, entry: Entry) => {
@@ -254,7 +238,7 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
 
   const subscribe = (name: string) =>
     Effect.gen(function* () {
-      const listener: Listener = { pending: false, deferred: undefined }
+      const listener = makeListener()
       entryFor(name).listeners.add(listener)
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
@@ -264,11 +248,9 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
           gc(name, entry)
         })
       )
-      // Completes on a change, or once a current holder has expired (an
-      // expiry is a change nobody announces; a holder that extended in the
-      // meantime is waited for again). An abandoned wait disarms itself, so
-      // a later change is remembered as pending rather than lost.
-      const earliestExpiry = () => {
+      // An expiry is a change nobody announces: the wait also ends at the
+      // earliest expiry of a holder or a waiter registration.
+      return waitForChange(listener, () => {
         const entry = entries.get(name)
         let earliest = Infinity
         if (entry !== undefined) {
@@ -276,34 +258,6 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
           for (const waiter of entry.waiters) earliest = Math.min(earliest, waiter.expiresAt)
         }
         return earliest
-      }
-      const disarm = (deferred: Deferred.Deferred<void>) =>
-        Effect.sync(() => {
-          if (listener.deferred === deferred) listener.deferred = undefined
-        })
-      return Effect.gen(function* () {
-        while (true) {
-          if (listener.pending) {
-            listener.pending = false
-            return
-          }
-          const deferred = listener.deferred ?? Deferred.makeUnsafe<void>()
-          listener.deferred = deferred
-          const earliest = earliestExpiry()
-          const now = yield* Clock.currentTimeMillis
-          const changed = yield* (
-            earliest === Infinity
-              ? Effect.as(Deferred.await(deferred), true)
-              : Effect.raceFirst(
-                  Effect.as(Deferred.await(deferred), true),
-                  Effect.as(Effect.sleep(Math.max(0, earliest - now)), false)
-                )
-          ).pipe(Effect.onInterrupt(() => disarm(deferred)))
-          // A change may have completed the deferred while the race ended.
-          if (changed || Deferred.isDoneUnsafe(deferred)) return
-          yield* disarm(deferred)
-          if (earliestExpiry() <= (yield* Clock.currentTimeMillis)) return
-        }
       })
     })
 

@@ -78,6 +78,7 @@ import {
 } from "../LockBackend.ts"
 import * as LockConfig from "../LockConfig.ts"
 import { InvalidLockRequest, LockBackendUnavailable, LockTimeout, type LostReason } from "../LockError.ts"
+import { type Listener, makeListener, signal, waitForChange } from "../internal/changeSignal.ts"
 import { keyOf as deriveKey, intentKeyOf as deriveIntentKey } from "./internal/key.ts"
 
 /**
@@ -317,13 +318,6 @@ interface Waiter {
   readonly metadata: Readonly<Record<string, string>>
 }
 
-interface Listener {
-  /** The waiter it belongs to, if known: it is woken only when it may proceed. */
-  readonly owner: string | undefined
-  pending: boolean
-  deferred: Deferred.Deferred<void> | undefined
-}
-
 interface Entry {
   readonly name: string
   readonly key: bigint
@@ -338,17 +332,6 @@ interface Entry {
   readonly listeners: Set<Listener>
   /** The name's writer intent, held on `session` for the waiting writer `owner`. */
   intent: { readonly session: Session; readonly owner: string; readonly key: bigint } | undefined
-}
-
-const signal = (listener: Listener) => {
-  const waiting = listener.deferred
-  if (waiting !== undefined) {
-    // Detach first: completing may resume the waiter inline.
-    listener.deferred = undefined
-    Deferred.doneUnsafe(waiting, Effect.void)
-  } else {
-    listener.pending = true
-  }
 }
 
 const kindOf = (mode: LockMode) => (mode === "permits" ? "semaphore" : "lock")
@@ -1173,7 +1156,7 @@ export const make = (
 
     const subscribe = (name: string, owner?: string) =>
       Effect.gen(function* () {
-        const listener: Listener = { owner, pending: false, deferred: undefined }
+        const listener = makeListener(owner)
         entryFor(name).listeners.add(listener)
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
@@ -1183,45 +1166,18 @@ export const make = (
             gc(entry)
           })
         )
-        const earliestExpiry = () => {
+        // An expiry is a change nobody announces: the wait also ends at the
+        // earliest expiry (a hold whose unlock is running signals when done).
+        return waitForChange(listener, () => {
           const entry = entries.get(name)
           let earliest = Infinity
           if (entry !== undefined) {
-            // A hold whose unlock is running signals when it is done.
             for (const hold of entry.holders.values()) {
               if (hold.releasing === undefined) earliest = Math.min(earliest, hold.expiresAt)
             }
             for (const waiter of entry.waiters) earliest = Math.min(earliest, waiter.expiresAt)
           }
           return earliest
-        }
-        const disarm = (deferred: Deferred.Deferred<void>) =>
-          Effect.sync(() => {
-            if (listener.deferred === deferred) listener.deferred = undefined
-          })
-        return Effect.gen(function* () {
-          while (true) {
-            if (listener.pending) {
-              listener.pending = false
-              return
-            }
-            const deferred = listener.deferred ?? Deferred.makeUnsafe<void>()
-            listener.deferred = deferred
-            const earliest = earliestExpiry()
-            const now = yield* Clock.currentTimeMillis
-            const changed = yield* (
-              earliest === Infinity
-                ? Effect.as(Deferred.await(deferred), true)
-                : Effect.raceFirst(
-                    Effect.as(Deferred.await(deferred), true),
-                    Effect.as(Effect.sleep(Math.max(0, earliest - now)), false)
-                  )
-            ).pipe(Effect.onInterrupt(() => disarm(deferred)))
-            // A signal may have completed the deferred while the race ended.
-            if (changed || Deferred.isDoneUnsafe(deferred)) return
-            yield* disarm(deferred)
-            if (earliestExpiry() <= (yield* Clock.currentTimeMillis)) return
-          }
         })
       })
 

@@ -18,6 +18,7 @@ import {
   connectionsOf,
   eventually,
   freshAppName,
+  heldKeys,
   url
 } from "./harness.ts"
 
@@ -42,17 +43,6 @@ const withBackend = <A, E>(
     Effect.andThen(assertNothingLeft(appName))
   )
 }
-
-/** Advisory-lock keys held by sessions of `appName`, as signed 64-bit integers. */
-const heldKeys = (appName: string) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient
-    const rows = yield* sql<{ readonly key: string }>`
-      SELECT ((l.classid::int8 << 32) | l.objid::int8)::text AS key
-      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = ${appName}`
-    return rows.map((row) => BigInt(row.key)).toSorted((a, b) => (a < b ? -1 : a > b ? 1 : 0))
-  }).pipe(Effect.provide(admin))
 
 describe("PostgresBackend.keyOf", () => {
   it("is pinned by test vectors (a change would let two versions hold one lock twice)", () => {

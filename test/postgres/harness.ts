@@ -85,3 +85,33 @@ export const assertNothingLeft = (applicationName: string) =>
       )
     }
   }).pipe(Effect.provide(admin))
+
+/** An advisory lock on the server, held or awaited. */
+export interface KeyLock {
+  readonly pid: number
+  readonly application_name: string | null
+  readonly mode: string
+  readonly granted: boolean
+}
+
+/** Every advisory lock held or awaited on the server for `key` (rebuilt from classid and objid). */
+export const locksOnKey = (key: bigint) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient
+    return yield* sql<KeyLock>`
+      SELECT l.pid, a.application_name, l.mode, l.granted
+      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.objsubid = 1
+        AND ((l.classid::int8 << 32) | l.objid::int8) = ${key.toString()}::int8`
+  }).pipe(Effect.provide(admin))
+
+/** Advisory-lock keys held (granted) by sessions with this application name. */
+export const heldKeys = (applicationName: string) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient
+    const rows = yield* sql<{ readonly key: string }>`
+      SELECT ((l.classid::int8 << 32) | l.objid::int8)::text AS key
+      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = ${applicationName}`
+    return rows.map((row) => BigInt(row.key)).toSorted((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+  }).pipe(Effect.provide(admin))

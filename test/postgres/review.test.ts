@@ -9,7 +9,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { DistributedSemaphore, Lock, LockBackend, LockConfig, ReadWriteLock } from "../../src/index.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
 import * as TcpProxy from "../support/TcpProxy.ts"
-import { admin, assertNothingLeft, backendLayer, eventually, freshAppName, url } from "./harness.ts"
+import { admin, assertNothingLeft, backendLayer, eventually, freshAppName, heldKeys, url } from "./harness.ts"
 
 const hourRetry = LockConfig.retryLinear({ initial: "1 hour", max: "1 hour", jitter: false })
 
@@ -26,17 +26,6 @@ const counted = (context: Context.Context<LockBackend>) => {
   })
   return { counter, backend }
 }
-
-/** Advisory-lock keys held by sessions with this application name. */
-const heldKeys = (appName: string) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient
-    const rows = yield* sql<{ readonly key: string }>`
-      SELECT ((l.classid::int8 << 32) | l.objid::int8)::text AS key
-      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = ${appName}`
-    return rows.map((row) => BigInt(row.key))
-  }).pipe(Effect.provide(admin))
 
 describe("PostgreSQL backend review findings", () => {
   it.live("two concurrent permit grants in one process never take the same slot (limit 2 admitted 3)", () => {

@@ -34,6 +34,7 @@ import * as TcpProxy from "../support/TcpProxy.ts"
 import {
   admin,
   advisoryLocksOf,
+  locksOnKey,
   assertNothingLeft,
   backendLayer,
   client,
@@ -86,24 +87,6 @@ const runWith = <A, E, ROut>(
 /** A test body without a layer in context (it builds its own), then the leak check. */
 const runScoped = <A, E>(appNames: ReadonlyArray<string>, body: Effect.Effect<A, E, Scope.Scope>) =>
   Effect.scoped(body).pipe(Effect.andThen(Effect.forEach(appNames, assertNothingLeft, { discard: true })))
-
-interface KeyLock {
-  readonly pid: number
-  readonly application_name: string | null
-  readonly mode: string
-  readonly granted: boolean
-}
-
-/** Every advisory lock held or awaited on the server for `key` (the key rebuilt from classid and objid). */
-const locksOnKey = (key: bigint) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient
-    return yield* sql<KeyLock>`
-      SELECT l.pid, a.application_name, l.mode, l.granted
-      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.objsubid = 1
-        AND ((l.classid::int8 << 32) | l.objid::int8) = ${key.toString()}::int8`
-  }).pipe(Effect.provide(admin))
 
 /** Polls until the server shows `expected` advisory locks for `key`; returns the last count. */
 const eventuallyLocksOnKey = (key: bigint, expected: number) =>

@@ -22,6 +22,7 @@ import {
   client,
   eventually,
   freshAppName,
+  locksOnKey,
   url
 } from "./harness.ts"
 
@@ -42,24 +43,6 @@ const runWith = <A, E, ROut>(
     Effect.provide(layer),
     Effect.andThen(Effect.forEach(appNames, assertNothingLeft, { discard: true }))
   )
-
-interface KeyLock {
-  readonly pid: number
-  readonly application_name: string | null
-  readonly mode: string
-  readonly granted: boolean
-}
-
-/** Every advisory lock held or awaited on the server for `key`, seen from the admin connection. */
-const locksOnKey = (key: bigint) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient
-    return yield* sql<KeyLock>`
-      SELECT l.pid, a.application_name, l.mode, l.granted
-      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-      WHERE l.locktype = 'advisory' AND l.objsubid = 1
-        AND ((l.classid::int8 << 32) | l.objid::int8) = ${key.toString()}::int8`
-  }).pipe(Effect.provide(admin))
 
 /** How many sessions wait on the server for `key`. */
 const awaitingOn = (key: bigint) => Effect.map(locksOnKey(key), (rows) => rows.filter((row) => !row.granted).length)
