@@ -29,13 +29,25 @@
  * `process.once("exit")` hook. The members are children in the test process's group, so a Ctrl-C in the terminal
  * reaches them too; a test process killed with SIGKILL leaves them running.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import * as Fs from "node:fs"
 import * as Fsp from "node:fs/promises"
-import * as Os from "node:os"
 import * as Path from "node:path"
-import { freePort } from "./servers.ts"
+import {
+  ignore,
+  killRun,
+  logTail,
+  makeTempDir,
+  messageOf,
+  releasePort,
+  removeDir,
+  reservePort,
+  type Run,
+  signal,
+  sleep,
+  spawnRun,
+  StartError,
+  terminateRun
+} from "./processes.ts"
 
 /** How to start a cluster (or a single member). */
 export interface StartOptions {
@@ -252,9 +264,7 @@ export const startEtcd = (options: StartOptions = {}): Promise<EtcdCluster> => s
 export const startEtcdCluster = async (size = 3, options: StartOptions = {}): Promise<EtcdCluster> => {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`size must be an integer >= 1, got ${size}`)
   const settings = settingsOf(options)
-  installExitHook()
-  const dir = await Fsp.mkdtemp(Path.join(Os.tmpdir(), "effect-locks-etcd-"))
-  tempDirs.add(dir)
+  const dir = await makeTempDir("effect-locks-etcd-")
   try {
     const homes = await Promise.all(
       Array.from({ length: size }, async (_, index): Promise<Home> => {
@@ -272,8 +282,8 @@ export const startEtcdCluster = async (size = 3, options: StartOptions = {}): Pr
         return makeCluster(dir, layout, started, settings)
       } catch (error) {
         for (const member of layout.members) {
-          reservedPorts.delete(member.clientPort)
-          reservedPorts.delete(member.peerPort)
+          releasePort(member.clientPort)
+          releasePort(member.peerPort)
         }
         if (attempt < 5 && error instanceof StartError && error.addressInUse) {
           // Start over from scratch: a member may have initialised its data dir for the old ports and token.
@@ -330,69 +340,8 @@ interface Identity {
   readonly clusterId: string
 }
 
-/** One `etcd` process. */
-interface Run {
-  readonly child: ChildProcess
-  /** Resolves when the process has exited (or could not be spawned); never rejects. */
-  readonly exited: Promise<Exit>
-  /** Set once the process has exited. */
-  exit: Exit | undefined
-  /** Where this run's output starts in the log file. */
-  readonly logOffset: number
-}
-
-type Exit = { readonly code: number | null; readonly signal: NodeJS.Signals | null } | { readonly spawnError: Error }
-
-/** A process failed to start: exited early, could not be spawned, or was not ready in time. */
-class StartError extends Error {
-  /** Whether a port was taken (other ports may be tried). */
-  readonly addressInUse: boolean
-  constructor(message: string, addressInUse: boolean) {
-    super(message)
-    this.addressInUse = addressInUse
-  }
-}
-
 /** Another member of the same start failed first: this one gave up waiting. */
 class StartAborted extends Error {}
-
-/** Running children, killed by the exit hook. */
-const liveChildren = new Set<ChildProcess>()
-/** Temporary directories not yet removed, removed by the exit hook. */
-const tempDirs = new Set<string>()
-/** Ports of this process's members (until stopped, and while being started): `freePort` answers are checked. */
-const reservedPorts = new Set<number>()
-let exitHookInstalled = false
-
-const ignore = (): void => {}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-const installExitHook = (): void => {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once("exit", () => {
-    for (const child of liveChildren) {
-      try {
-        child.kill("SIGKILL")
-      } catch {
-        // Exiting anyway: nothing more to do for this child.
-      }
-    }
-    for (const dir of tempDirs) {
-      try {
-        Fs.rmSync(dir, { recursive: true, force: true })
-      } catch {
-        // Best effort: the directory is under os.tmpdir().
-      }
-    }
-  })
-}
-
-const removeDir = async (dir: string): Promise<void> => {
-  await Fsp.rm(dir, { recursive: true, force: true, maxRetries: 3 })
-  tempDirs.delete(dir)
-}
 
 const positiveInteger = (name: string, value: number): number => {
   if (!Number.isInteger(value) || value <= 0) throw new RangeError(`${name} must be a positive integer, got ${value}`)
@@ -406,27 +355,15 @@ const settingsOf = (options: StartOptions): Settings => ({
   args: [...(options.args ?? [])]
 })
 
-/** A free port not used by another member of this process (nor 2379 or 2380), reserved until released. */
-const reservePort = async (): Promise<number> => {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort()
-    if (port !== 2379 && port !== 2380 && !reservedPorts.has(port)) {
-      reservedPorts.add(port)
-      return port
-    }
-  }
-  throw new Error("could not find a free port for etcd")
-}
-
 /** Reserves a client and a peer port for every member, and picks a fresh cluster token. */
 const reserveLayout = async (homes: ReadonlyArray<Home>): Promise<Layout> => {
   const members: Array<MemberLayout> = []
   const ports: Array<number> = []
   try {
     for (const home of homes) {
-      const clientPort = await reservePort()
+      const clientPort = await reservePort([2379, 2380], "etcd")
       ports.push(clientPort)
-      const peerPort = await reservePort()
+      const peerPort = await reservePort([2379, 2380], "etcd")
       ports.push(peerPort)
       members.push({
         ...home,
@@ -437,7 +374,7 @@ const reserveLayout = async (homes: ReadonlyArray<Home>): Promise<Layout> => {
       })
     }
   } catch (error) {
-    for (const port of ports) reservedPorts.delete(port)
+    for (const port of ports) releasePort(port)
     throw error
   }
   return {
@@ -487,91 +424,15 @@ const etcdArgs = (
 const etcdEnv = (): NodeJS.ProcessEnv =>
   Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith("ETCD_")))
 
-const spawnRun = async (member: MemberLayout, args: ReadonlyArray<string>): Promise<Run> => {
-  const log = await Fsp.open(member.logFile, "a")
-  try {
-    const { size } = await log.stat()
-    const child = spawn("etcd", args, { cwd: member.dir, env: etcdEnv(), stdio: ["ignore", log.fd, log.fd] })
-    const run: Run = {
-      child,
-      exit: undefined,
-      logOffset: size,
-      exited: new Promise<Exit>((resolve) => {
-        child.once("exit", (code, signal) => resolve({ code, signal }))
-        // Also emitted when a signal cannot be sent; only a failed spawn (no pid) ends the run.
-        child.on("error", (error) => {
-          if (child.pid === undefined) resolve({ spawnError: error })
-        })
-      })
-    }
-    void run.exited.then((exit) => {
-      run.exit = exit
-      liveChildren.delete(child)
-    })
-    if (child.pid !== undefined) liveChildren.add(child)
-    // A member left running must not keep the test process alive; the exit hook kills it.
-    child.unref()
-    return run
-  } finally {
-    await log.close()
-  }
+const spawnMember = (member: MemberLayout, args: ReadonlyArray<string>): Promise<Run> => {
+  return spawnRun({ command: "etcd", args, cwd: member.dir, env: etcdEnv(), logFile: member.logFile })
 }
-
-/** Sends `name` to the run's process if it is still running; whether it was sent. */
-const signal = (run: Run, name: NodeJS.Signals): boolean => {
-  if (run.exit !== undefined) return false
-  try {
-    return run.child.kill(name)
-  } catch {
-    return false
-  }
-}
-
-/** Waits for the run's process to exit, keeping the test process alive meanwhile. */
-const awaitExit = async (run: Run): Promise<void> => {
-  if (run.exit !== undefined) return
-  run.child.ref()
-  await run.exited
-}
-
-const killRun = async (run: Run): Promise<void> => {
-  signal(run, "SIGKILL")
-  await awaitExit(run)
-}
-
-const terminateRun = async (run: Run): Promise<void> => {
-  if (run.exit !== undefined) return
-  signal(run, "SIGTERM")
-  // A paused process only acts on SIGTERM once continued.
-  signal(run, "SIGCONT")
-  let timer: NodeJS.Timeout | undefined
-  const graceOver = new Promise<"grace over">((resolve) => {
-    timer = setTimeout(() => resolve("grace over"), stopGraceMs)
-  })
-  const outcome = await Promise.race([run.exited, graceOver])
-  clearTimeout(timer)
-  if (outcome === "grace over") await killRun(run)
-  else await awaitExit(run)
-}
-
-/** The last 20 lines the run wrote to the log file (or why they cannot be read). */
-const logTail = async (logFile: string, offset: number): Promise<string> => {
-  try {
-    const text = (await Fsp.readFile(logFile)).subarray(offset).toString("utf8")
-    const tail = text.trimEnd().split("\n").slice(-20).join("\n")
-    return tail === "" ? "(empty)" : tail
-  } catch (error) {
-    return `(log unreadable: ${messageOf(error)})`
-  }
-}
-
-const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error))
 
 /** Spawns every member of a new cluster and waits until the cluster is ready; kills them all when it is not. */
 const launchCluster = async (layout: Layout, settings: Settings): Promise<ReadonlyArray<Started>> => {
   const runs: Array<Run> = []
   try {
-    for (const member of layout.members) runs.push(await spawnRun(member, etcdArgs(member, layout, "new", settings)))
+    for (const member of layout.members) runs.push(await spawnMember(member, etcdArgs(member, layout, "new", settings)))
     const deadline = Date.now() + settings.readyTimeoutMs
     const abort = new AbortController()
     const results = await Promise.allSettled(
@@ -685,7 +546,7 @@ const waitMemberReady = async (
 ): Promise<Identity> => {
   const fail = async (reason: string, addressInUse = false): Promise<never> => {
     await killRun(run)
-    const log = await logTail(member.logFile, run.logOffset)
+    const log = await logTail(member.logFile, run.logOffset, 20)
     throw new StartError(
       `etcd member ${member.name} (client ${member.clientUrl}, peer ${member.peerUrl}) ${reason}; ` +
         `tail of ${member.logFile}:\n${log}`,
@@ -703,7 +564,7 @@ const waitMemberReady = async (
       if ("spawnError" in exit) {
         return fail(`could not be spawned (is etcd installed and on PATH?): ${exit.spawnError.message}`)
       }
-      const addressInUse = /address already in use/i.test(await logTail(member.logFile, run.logOffset))
+      const addressInUse = /address already in use/i.test(await logTail(member.logFile, run.logOffset, 20))
       return fail(`exited before it was ready (code ${exit.code}, signal ${exit.signal})`, addressInUse)
     }
     const left = deadline - Date.now()
@@ -967,11 +828,11 @@ const makeMember = (
       serial(async () => {
         const stoppedError = () => new Error(`etcd member ${member.name} was stopped with its cluster: cannot restart`)
         if (clusterStopped()) throw stoppedError()
-        if (run !== undefined) await terminateRun(run)
+        if (run !== undefined) await terminateRun(run, stopGraceMs)
         paused = false
         run = undefined
         if (clusterStopped()) throw stoppedError()
-        const next = await spawnRun(member, etcdArgs(member, layout, "existing", settings))
+        const next = await spawnMember(member, etcdArgs(member, layout, "existing", settings))
         run = next
         try {
           await waitMemberReady(next, member, identity, Date.now() + settings.readyTimeoutMs, settings.readyTimeoutMs)
@@ -1066,8 +927,8 @@ const makeCluster = (dir: string, layout: Layout, started: ReadonlyArray<Started
         stopped = true
         await Promise.all(handles.map((handle) => handle.shutdown()))
         for (const member of layout.members) {
-          reservedPorts.delete(member.clientPort)
-          reservedPorts.delete(member.peerPort)
+          releasePort(member.clientPort)
+          releasePort(member.peerPort)
         }
         await removeDir(dir)
       })())

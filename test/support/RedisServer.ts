@@ -15,13 +15,24 @@
  * their directories removed, by a `process.once("exit")` hook. The servers are children in the test process's group,
  * so a Ctrl-C in the terminal reaches them too; a test process killed with SIGKILL leaves them running.
  */
-import { type ChildProcess, spawn } from "node:child_process"
-import * as Fs from "node:fs"
-import * as Fsp from "node:fs/promises"
 import * as Net from "node:net"
-import * as Os from "node:os"
 import * as Path from "node:path"
-import { freePort } from "./servers.ts"
+import {
+  holdPort,
+  ignore,
+  killRun,
+  logTail,
+  makeTempDir,
+  releasePort,
+  removeDir,
+  reservePort,
+  type Run,
+  signal,
+  sleep,
+  spawnRun,
+  StartError,
+  terminateRun
+} from "./processes.ts"
 
 /** How to start a server. */
 export interface StartOptions {
@@ -85,9 +96,7 @@ export const stopGraceMs = 5_000
  */
 export const start = async (options: StartOptions = {}): Promise<RedisServer> => {
   const args = [...(options.args ?? [])]
-  installExitHook()
-  const dir = await Fsp.mkdtemp(Path.join(Os.tmpdir(), "effect-locks-redis-"))
-  tempDirs.add(dir)
+  const dir = await makeTempDir("effect-locks-redis-")
   const logFile = Path.join(dir, "redis.log")
   try {
     const { port, run } = await launch(dir, logFile, options.port, args)
@@ -172,77 +181,6 @@ export const command = (host: string, port: number, args: ReadonlyArray<string>,
 
 const host = "127.0.0.1"
 
-/** One `redis-server` process. */
-interface Run {
-  readonly child: ChildProcess
-  /** Resolves when the process has exited (or could not be spawned); never rejects. */
-  readonly exited: Promise<Exit>
-  /** Set once the process has exited. */
-  exit: Exit | undefined
-  /** Where this run's output starts in the log file. */
-  readonly logOffset: number
-}
-
-type Exit = { readonly code: number | null; readonly signal: NodeJS.Signals | null } | { readonly spawnError: Error }
-
-/** The process failed to start: exited early, could not be spawned, or did not answer in time. */
-class StartError extends Error {
-  /** Whether the port was taken (another port may be tried). */
-  readonly addressInUse: boolean
-  constructor(message: string, addressInUse: boolean) {
-    super(message)
-    this.addressInUse = addressInUse
-  }
-}
-
-/** Running children, killed by the exit hook. */
-const liveChildren = new Set<ChildProcess>()
-/** Temporary directories not yet removed, removed by the exit hook. */
-const tempDirs = new Set<string>()
-/** Ports of this process's servers (until stopped, and while being started): `freePort` answers are checked. */
-const reservedPorts = new Set<number>()
-let exitHookInstalled = false
-
-const ignore = (): void => {}
-
-const installExitHook = (): void => {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once("exit", () => {
-    for (const child of liveChildren) {
-      try {
-        child.kill("SIGKILL")
-      } catch {
-        // Exiting anyway: nothing more to do for this child.
-      }
-    }
-    for (const dir of tempDirs) {
-      try {
-        Fs.rmSync(dir, { recursive: true, force: true })
-      } catch {
-        // Best effort: the directory is under os.tmpdir().
-      }
-    }
-  })
-}
-
-const removeDir = async (dir: string): Promise<void> => {
-  await Fsp.rm(dir, { recursive: true, force: true, maxRetries: 3 })
-  tempDirs.delete(dir)
-}
-
-/** A free port not used by another server of this process, reserved until released. */
-const reservePort = async (): Promise<number> => {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freePort()
-    if (port !== 6379 && !reservedPorts.has(port)) {
-      reservedPorts.add(port)
-      return port
-    }
-  }
-  throw new Error("could not find a free port for redis-server")
-}
-
 /**
  * Starts a process on `fixedPort`, or on a reserved free port (trying another one, up to 5 times, when the port
  * turns out to be taken), and waits until it is ready. On success the port stays reserved.
@@ -254,22 +192,22 @@ const launch = async (
   args: ReadonlyArray<string>
 ): Promise<{ readonly port: number; readonly run: Run }> => {
   for (let attempt = 1; ; attempt++) {
-    const port = fixedPort ?? (await reservePort())
+    const port = fixedPort ?? (await reservePort([6379], "redis-server"))
     try {
-      const run = await spawnRun(dir, logFile, port, args)
+      const run = await spawnServer(dir, logFile, port, args)
       await waitReady(run, port, logFile)
-      reservedPorts.add(port)
+      holdPort(port)
       return { port, run }
     } catch (error) {
       // Only release what this call reserved: a restart keeps its server's port.
-      if (fixedPort === undefined) reservedPorts.delete(port)
+      if (fixedPort === undefined) releasePort(port)
       if (fixedPort === undefined && attempt < 5 && error instanceof StartError && error.addressInUse) continue
       throw error
     }
   }
 }
 
-const spawnRun = async (dir: string, logFile: string, port: number, args: ReadonlyArray<string>): Promise<Run> => {
+const spawnServer = (dir: string, logFile: string, port: number, args: ReadonlyArray<string>): Promise<Run> => {
   const argv = [
     "--port",
     String(port),
@@ -289,33 +227,7 @@ const spawnRun = async (dir: string, logFile: string, port: number, args: Readon
     "local",
     ...args
   ]
-  const log = await Fsp.open(logFile, "a")
-  try {
-    const { size } = await log.stat()
-    const child = spawn("redis-server", argv, { cwd: dir, stdio: ["ignore", log.fd, log.fd] })
-    const run: Run = {
-      child,
-      exit: undefined,
-      logOffset: size,
-      exited: new Promise<Exit>((resolve) => {
-        child.once("exit", (code, signal) => resolve({ code, signal }))
-        // Also emitted when a signal cannot be sent; only a failed spawn (no pid) ends the run.
-        child.on("error", (error) => {
-          if (child.pid === undefined) resolve({ spawnError: error })
-        })
-      })
-    }
-    void run.exited.then((exit) => {
-      run.exit = exit
-      liveChildren.delete(child)
-    })
-    if (child.pid !== undefined) liveChildren.add(child)
-    // A server left running must not keep the test process alive; the exit hook kills it.
-    child.unref()
-    return run
-  } finally {
-    await log.close()
-  }
+  return spawnRun({ command: "redis-server", args: argv, cwd: dir, logFile })
 }
 
 /** Polls `PING` until the run's own process answers, it exits, or `readyTimeoutMs` passes. */
@@ -356,57 +268,6 @@ const probe = async (run: Run, port: number, timeoutMs: number): Promise<string 
   } catch (error) {
     return error instanceof Error ? error.message : String(error)
   }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** The last 30 lines the run wrote to the log file (or why they cannot be read). */
-const logTail = async (logFile: string, offset: number): Promise<string> => {
-  try {
-    const text = (await Fsp.readFile(logFile)).subarray(offset).toString("utf8")
-    const lines = text.trimEnd().split("\n")
-    const tail = lines.slice(-30).join("\n")
-    return tail === "" ? "(empty)" : tail
-  } catch (error) {
-    return `(log unreadable: ${error instanceof Error ? error.message : String(error)})`
-  }
-}
-
-/** Sends `signal` to the run's process if it is still running; whether it was sent. */
-const signal = (run: Run, name: NodeJS.Signals): boolean => {
-  if (run.exit !== undefined) return false
-  try {
-    return run.child.kill(name)
-  } catch {
-    return false
-  }
-}
-
-/** Waits for the run's process to exit, keeping the test process alive meanwhile. */
-const awaitExit = async (run: Run): Promise<void> => {
-  if (run.exit !== undefined) return
-  run.child.ref()
-  await run.exited
-}
-
-const killRun = async (run: Run): Promise<void> => {
-  signal(run, "SIGKILL")
-  await awaitExit(run)
-}
-
-const terminateRun = async (run: Run): Promise<void> => {
-  if (run.exit !== undefined) return
-  signal(run, "SIGTERM")
-  // A paused process only acts on SIGTERM once continued.
-  signal(run, "SIGCONT")
-  let timer: NodeJS.Timeout | undefined
-  const graceOver = new Promise<"grace over">((resolve) => {
-    timer = setTimeout(() => resolve("grace over"), stopGraceMs)
-  })
-  const outcome = await Promise.race([run.exited, graceOver])
-  clearTimeout(timer)
-  if (outcome === "grace over") await killRun(run)
-  else await awaitExit(run)
 }
 
 const makeServer = (
@@ -455,15 +316,15 @@ const makeServer = (
     restart: () =>
       serial(async () => {
         if (stopped) throw new Error(`redis-server on ${host}:${port} was stopped: cannot restart`)
-        if (run !== undefined) await terminateRun(run)
+        if (run !== undefined) await terminateRun(run, stopGraceMs)
         run = undefined
         run = (await launch(dir, logFile, port, args)).run
       }),
     stop: () => {
       stopped = true
       return (stopping ??= serial(async () => {
-        if (run !== undefined) await terminateRun(run)
-        reservedPorts.delete(port)
+        if (run !== undefined) await terminateRun(run, stopGraceMs)
+        releasePort(port)
         await removeDir(dir)
       }))
     }
