@@ -79,6 +79,7 @@ import {
 import * as LockConfig from "../LockConfig.ts"
 import { InvalidLockRequest, LockBackendUnavailable, LockTimeout, type LostReason } from "../LockError.ts"
 import { type Listener, makeListener, signal, waitForChange } from "../internal/changeSignal.ts"
+import { StatementTimeout, withDeadline } from "../internal/deadline.ts"
 import { keyOf as deriveKey, intentKeyOf as deriveIntentKey } from "./internal/key.ts"
 
 /**
@@ -335,49 +336,6 @@ interface Entry {
 }
 
 const kindOf = (mode: LockMode) => (mode === "permits" ? "semaphore" : "lock")
-
-class StatementTimeout extends Error {
-  readonly _tag = "StatementTimeout"
-  readonly millis: number
-  constructor(millis: number) {
-    super(`statement missed its ${millis} ms deadline`)
-    this.millis = millis
-  }
-}
-
-/**
- * Runs `effect` in its own fiber and waits for it at most `millis`. The
- * caller never waits for an interrupted statement to drain: on a dead
- * network that could take for ever.
- *
- * The deadline is a real-time timer, not the `Clock`: it bounds network I/O,
- * which a `TestClock` does not move. One fiber and one timer per statement,
- * no race fibers: this is on every lock's path.
- */
-const withDeadline = <A, E>(millis: number, effect: Effect.Effect<A, E>): Effect.Effect<A, E | StatementTimeout> =>
-  Effect.flatMap(Effect.forkDetach(effect), (fiber) =>
-    Effect.callback<A, E | StatementTimeout>((resume) => {
-      let done = false
-      const timer = setTimeout(() => {
-        if (done) return
-        done = true
-        removeObserver()
-        fiber.interruptUnsafe()
-        resume(Effect.fail(new StatementTimeout(millis)))
-      }, millis)
-      const removeObserver = fiber.addObserver((exit) => {
-        if (done) return
-        done = true
-        clearTimeout(timer)
-        resume(exit)
-      })
-      return Effect.sync(() => {
-        done = true
-        clearTimeout(timer)
-        removeObserver()
-      })
-    })
-  )
 
 /**
  * Builds the backend on the `PgClient` in context. Lock sessions are reserved

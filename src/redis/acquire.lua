@@ -1,0 +1,100 @@
+-- acquire.lua: one grant attempt (exclusive, shared or permits), after common.lua.
+-- KEYS: the nine keys of the name (see common.lua).
+-- ARGV[1] channel   the change channel
+-- ARGV[2] name      the lock name, as published
+-- ARGV[3] owner     the acquisition's owner id
+-- ARGV[4] mode      "exclusive", "shared" or "permits"
+-- ARGV[5] permits   permits taken (1 unless mode is "permits")
+-- ARGV[6] limit     total permits (1 unless mode is "permits")
+-- ARGV[7] ttl       lease and waiter registration, in milliseconds
+-- ARGV[8] metadata  JSON, stored for inspection
+-- ARGV[9] queue     "1": register as a waiter when not granted
+-- ARGV[10] floor    the token must be at least this (Redlock's write-back; "0" otherwise)
+-- Returns {1, token} when granted, {0} when not, {-1, field, kind, limit} when the name is in use as another kind
+-- or with another limit.
+local channel, name, owner, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local permits, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local metadata, queue, floor = ARGV[8], ARGV[9] == '1', tonumber(ARGV[10])
+local kind = 'lock'
+if mode == 'permits' then
+  kind = 'semaphore'
+end
+
+local swept = sweep()
+if redis.call('EXISTS', X) == 1 or redis.call('EXISTS', R) == 1 or redis.call('EXISTS', Q) == 1 then
+  local current = redis.call('HMGET', M, 'kind', 'limit')
+  if current[1] and current[1] ~= kind then
+    return { -1, 'mode', current[1], current[2] }
+  end
+  if kind == 'semaphore' and current[2] and tonumber(current[2]) ~= limit then
+    return { -1, 'limit', current[1], current[2] }
+  end
+end
+
+-- A repeated request of a holder (a retry after a lost answer) gets the same grant, extended.
+local prefix = x_prefix(owner)
+local x = redis.call('GET', X)
+if x and string.sub(x, 1, #prefix) == prefix then
+  redis.call('PEXPIRE', X, ttl)
+  keep(M, ttl)
+  keep(C, ttl + GRACE)
+  return { 1, tonumber(string.match(x, '^(%d+)', #prefix + 1)) }
+end
+local held = redis.call('HGET', RI, owner)
+if held then
+  redis.call('ZADD', R, NOW + ttl, owner)
+  keep(R, ttl)
+  keep(RI, ttl)
+  keep(M, ttl)
+  keep(C, ttl + GRACE)
+  return { 1, tonumber(string.match(held, '^%d+|(%d+)')) }
+end
+
+local queued = redis.call('ZSCORE', Q, owner) ~= false
+if not eligible(owner, mode, permits, limit, queued) then
+  if queued or queue then
+    if not queued then
+      redis.call('ZADD', Q, NOW_US, owner)
+      redis.call('HSET', QI, owner, permits .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
+      if mode == 'exclusive' then
+        redis.call('ZADD', W, NOW_US, owner)
+      end
+    end
+    redis.call('ZADD', QE, NOW + ttl, owner)
+    redis.call('HSET', M, 'kind', kind, 'limit', limit)
+    keep(Q, ttl)
+    keep(QE, ttl)
+    keep(QI, ttl)
+    keep(W, ttl)
+    keep(M, ttl)
+  end
+  if swept then
+    wake(channel, name, false, owner)
+  end
+  return { 0 }
+end
+
+if queued then
+  redis.call('ZREM', Q, owner)
+  redis.call('ZREM', QE, owner)
+  redis.call('ZREM', W, owner)
+  redis.call('HDEL', QI, owner)
+end
+local token = math.max(tonumber(redis.call('GET', C) or '0') + 1, NOW_US, floor)
+redis.call('SET', C, fmt(token), 'KEEPTTL')
+keep(C, ttl + GRACE)
+if mode == 'exclusive' then
+  redis.call('SET', X, prefix .. fmt(token) .. '|' .. NOW .. '|' .. metadata, 'PX', ttl)
+else
+  redis.call('ZADD', R, NOW + ttl, owner)
+  redis.call('HSET', RI, owner, permits .. '|' .. fmt(token) .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
+  keep(R, ttl)
+  keep(RI, ttl)
+end
+redis.call('HSET', M, 'kind', kind, 'limit', limit)
+keep(M, ttl)
+-- The next waiter may be able to follow (a reader after a reader, permits to spare).
+if queued or swept then
+  wake(channel, name, false, owner)
+end
+return { 1, token }

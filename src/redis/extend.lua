@@ -1,0 +1,31 @@
+-- extend.lua: compare-and-swap extension of the owner's grant, after common.lua.
+-- KEYS: the nine keys of the name (see common.lua).
+-- ARGV[1] channel  the change channel
+-- ARGV[2] name     the lock name, as published
+-- ARGV[3] owner    the holder's owner id
+-- ARGV[4] ttl      the new lease, in milliseconds from now
+-- Returns "extended", "stolen" (another owner holds the name exclusively) or "expired".
+local channel, name, owner, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if sweep() then
+  wake(channel, name, false, '')
+end
+local prefix = x_prefix(owner)
+local x = redis.call('GET', X)
+if x and string.sub(x, 1, #prefix) == prefix then
+  redis.call('PEXPIRE', X, ttl)
+  keep(M, ttl)
+  keep(C, ttl + GRACE)
+  return 'extended'
+end
+if redis.call('ZSCORE', R, owner) then
+  redis.call('ZADD', R, 'XX', NOW + ttl, owner)
+  keep(R, ttl)
+  keep(RI, ttl)
+  keep(M, ttl)
+  keep(C, ttl + GRACE)
+  return 'extended'
+end
+if x then
+  return 'stolen'
+end
+return 'expired'

@@ -1,0 +1,31 @@
+-- release.lua: compare-and-delete of the owner's grant and waiter registration, after common.lua; publishes when
+-- the next waiter may proceed.
+-- KEYS: the nine keys of the name (see common.lua).
+-- ARGV[1] channel    the change channel
+-- ARGV[2] name       the lock name, as published
+-- ARGV[3] owner      the owner id
+-- ARGV[4] idle_too   "1": publish even when nobody is queued (Redlock's waiters do not queue)
+-- Returns 1 when a grant was released, 0 otherwise (not held, expired, or only a waiter registration withdrawn).
+local channel, name, owner, idle_too = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local changed = sweep()
+local released = 0
+local prefix = x_prefix(owner)
+local x = redis.call('GET', X)
+if x and string.sub(x, 1, #prefix) == prefix then
+  redis.call('DEL', X)
+  released = 1
+elseif redis.call('ZREM', R, owner) == 1 then
+  redis.call('HDEL', RI, owner)
+  released = 1
+end
+if redis.call('ZREM', Q, owner) == 1 then
+  redis.call('ZREM', QE, owner)
+  redis.call('ZREM', W, owner)
+  redis.call('HDEL', QI, owner)
+  changed = true
+end
+if released == 1 or changed then
+  wake(channel, name, idle_too and released == 1, owner)
+  settle()
+end
+return released
