@@ -151,3 +151,49 @@ export const contended = (options: {
 /** Runs a section's effect on a backend layer. */
 export const onBackend = <A, E>(layer: Layer.Layer<LockBackend, unknown>, effect: Effect.Effect<A, E, LockBackend>) =>
   Effect.provide(effect, layer)
+
+/**
+ * `fibers` async workers hand one name around for `millis` through another
+ * library (`acquire` resolves to the release), measured like `contended`.
+ */
+export const peerContended = (options: {
+  readonly section: string
+  readonly fibers: number
+  readonly millis: number
+  readonly acquire: () => Promise<() => Promise<unknown>>
+}): Effect.Effect<ContendedResult, unknown> =>
+  Effect.tryPromise(async () => {
+    const counts = Array.from({ length: options.fibers }, () => 0)
+    const waits: Array<number> = []
+    let last = -1
+    let handovers = 0
+    const start = performance.now()
+    const deadline = start + options.millis
+    await Promise.all(
+      counts.map(async (_, i) => {
+        while (performance.now() < deadline) {
+          const t0 = performance.now()
+          const release = await options.acquire()
+          waits.push(performance.now() - t0)
+          counts[i]!++
+          if (last !== i) handovers++
+          last = i
+          await release()
+        }
+      })
+    )
+    const seconds = (performance.now() - start) / 1000
+    const total = counts.reduce((a, b) => a + b, 0)
+    const min = Math.min(...counts)
+    return {
+      section: options.section,
+      fibers: options.fibers,
+      seconds,
+      acquisitionsPerSecond: total / seconds,
+      handoversPerSecond: handovers / seconds,
+      waitP50Millis: percentile(waits, 0.5),
+      waitP99Millis: percentile(waits, 0.99),
+      fairness: min === 0 ? Infinity : Math.max(...counts) / min,
+      starved: counts.filter((c) => c === 0).length
+    }
+  })

@@ -3,8 +3,9 @@
  * and written to bench/results/latest.json. Ratios are against the backend's
  * own raw round trip measured in the same run (never absolute thresholds).
  *
- *   BENCH_SECTIONS=memory,postgres npm run bench   (default: both)
+ *   BENCH_SECTIONS=memory,postgres,redis npm run bench   (default: all three)
  *   LOCK_BENCH_POSTGRES_URL=postgres://... (default: the local server)
+ *   LOCK_BENCH_REDIS_URL=redis://...       (default: the local server)
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { Effect, Exit, Layer, Redacted, Scope } from "effect"
@@ -12,16 +13,22 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { mkdirSync, writeFileSync } from "node:fs"
 import { Lock, LockBackend, MemoryBackend } from "../src/index.ts"
 import { PostgresBackend } from "../src/postgres/index.ts"
+import { RedisBackend } from "../src/redis/index.ts"
+import * as Redis from "effect/persistence/Redis"
+import { Redis as IORedis } from "ioredis"
+import Redlock from "redlock"
+import { Mutex } from "redis-semaphore"
 import {
   backendFloor,
   contended,
   type ContendedResult,
   onBackend,
+  peerContended,
   uncontended,
   type UncontendedResult
 } from "./harness.ts"
 
-const sections = (process.env["BENCH_SECTIONS"] ?? "memory,postgres").split(",").map((s) => s.trim())
+const sections = (process.env["BENCH_SECTIONS"] ?? "memory,postgres,redis").split(",").map((s) => s.trim())
 const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
 
 const memory = onBackend(
@@ -75,6 +82,77 @@ const postgres = Effect.gen(function* () {
   return result
 }).pipe(Effect.provide(Layer.fresh(pgClient)))
 
+const redisUrl = process.env["LOCK_BENCH_REDIS_URL"] ?? "redis://127.0.0.1:6379"
+
+// The floor is the fewest round trips a Redis lock needs: `SET NX PX`, then a
+// compare-and-delete script, on the same client the backend uses.
+const compareAndDelete = Redis.script((key: string, owner: string) => [key, owner], {
+  lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+  numberOfKeys: 1
+})
+
+const redis = Effect.gen(function* () {
+  const client = yield* Redis.Redis
+  const cad = client.eval(compareAndDelete)
+  let n = 0
+  const floor = Effect.suspend(() => {
+    const owner = `floor-${n++}`
+    return Effect.asVoid(
+      Effect.andThen(
+        client.send("SET", "effect-locks-bench:floor", owner, "NX", "PX", "30000"),
+        cad("effect-locks-bench:floor", owner)
+      )
+    )
+  })
+  const ours = yield* onBackend(
+    RedisBackend.layer({ prefix: "effect-locks-bench:" }).pipe(Layer.provide(Layer.succeed(Redis.Redis, client))),
+    Effect.gen(function* () {
+      const u = yield* uncontended({
+        section: "redis",
+        rounds: 10,
+        iterations: 1000,
+        library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
+        floor
+      })
+      const c = yield* contended({ section: "redis", fibers: 32, millis: contendedMillis, name: "bench-c" })
+      return { u, c }
+    })
+  )
+  // The same handover run through the peers, with their default retry settings.
+  const peers = yield* Effect.acquireUseRelease(
+    Effect.sync(() => new IORedis(redisUrl)),
+    (io) =>
+      Effect.gen(function* () {
+        const redlock = new Redlock([io], { retryCount: -1 })
+        const viaRedlock = yield* peerContended({
+          section: "redis: redlock (peer)",
+          fibers: 32,
+          millis: contendedMillis,
+          acquire: async () => {
+            const lock = await redlock.acquire(["effect-locks-bench:peer-redlock"], 30_000)
+            return () => lock.release()
+          }
+        })
+        const viaSemaphore = yield* peerContended({
+          section: "redis: redis-semaphore Mutex (peer)",
+          fibers: 32,
+          millis: contendedMillis,
+          acquire: async () => {
+            const mutex = new Mutex(io, "effect-locks-bench:peer-mutex", {
+              lockTimeout: 30_000,
+              acquireTimeout: 600_000
+            })
+            await mutex.acquire()
+            return () => mutex.release()
+          }
+        })
+        return [viaRedlock, viaSemaphore]
+      }),
+    (io) => Effect.promise(() => io.quit())
+  )
+  return { u: ours.u, c: [ours.c, ...peers] }
+}).pipe(Effect.provide(RedisBackend.redisLayer(redisUrl)))
+
 const f = (n: number, d = 1) => n.toFixed(d)
 
 const program = Effect.gen(function* () {
@@ -89,6 +167,11 @@ const program = Effect.gen(function* () {
     const { u, c } = yield* postgres
     uncontendedRows.push(u)
     contendedRows.push(c)
+  }
+  if (sections.includes("redis")) {
+    const { u, c } = yield* redis
+    uncontendedRows.push(u)
+    contendedRows.push(...c)
   }
   console.log("\nUncontended acquire + release (median per operation over interleaved rounds)")
   console.log("| backend | library (µs) | floor (µs) | ratio |")

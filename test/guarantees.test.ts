@@ -3,6 +3,7 @@ import { Effect } from "effect"
 import { readFileSync } from "node:fs"
 import { type Guarantees, LockBackend, MemoryBackend } from "../src/index.ts"
 import { PostgresBackend } from "../src/postgres/index.ts"
+import { RedisBackend, RedlockBackend } from "../src/redis/index.ts"
 
 // The guarantees tables in README.md and docs/guarantees.md must say what the
 // backends declare.
@@ -41,6 +42,8 @@ describe("guarantees tables", () => {
         const memory = yield* LockBackend
         checkColumn(table, memory.kind, memory.guarantees)
         checkColumn(table, "postgres", PostgresBackend.guarantees)
+        checkColumn(table, "redis", RedisBackend.guarantees)
+        checkColumn(table, "redlock", RedlockBackend.guarantees)
       }).pipe(Effect.provide(MemoryBackend.layer))
     )
   }
@@ -49,7 +52,7 @@ describe("guarantees tables", () => {
     const readme = readFileSync("README.md", "utf8")
     const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!.trim())
     assert.isAtLeast(blocks.length, 2)
-    const examples = ["quickstart", "fencing", "postgres"].map((f) => readFileSync(`examples/${f}.ts`, "utf8"))
+    const examples = ["quickstart", "fencing", "postgres", "redis"].map((f) => readFileSync(`examples/${f}.ts`, "utf8"))
     for (const block of blocks)
       assert.isTrue(
         examples.some((e) => e.includes(block)),

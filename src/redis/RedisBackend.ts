@@ -68,7 +68,7 @@ export interface Options {
 export const guarantees: Guarantees = {
   fencing: "strict",
   scope: "all processes on one Redis server; not across an asynchronous failover",
-  leaseEnds: "TTL on the server, or release",
+  leaseEnds: "TTL (kept by the server) or scope",
   wakeUp: "pub/sub, one subscription per process",
   fairness: "fifo"
 }

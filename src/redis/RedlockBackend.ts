@@ -62,7 +62,7 @@ export interface Options<E = never, R = never> {
   readonly quorum?: number | undefined
   /** Clock drift per millisecond of TTL. Default 0.01. */
   readonly driftFactor?: number | undefined
-  /** Deadline of each instance's call. Default 50 ms, and never more than a quarter of the TTL. */
+  /** Deadline of each instance's call. Default: 50 ms, or a tenth of the TTL when that is shorter. */
   readonly perInstanceTimeout?: Duration.Input | undefined
   /** Prefix of every key and of the change channel. Default `effect-locks:`. */
   readonly prefix?: string | undefined
@@ -78,7 +78,7 @@ export interface Options<E = never, R = never> {
 export const guarantees: Guarantees = {
   fencing: "best-effort",
   scope: "a majority of N independent Redis servers, while pauses and clock drift stay within the drift allowance",
-  leaseEnds: "TTL minus elapsed time and drift, or release",
+  leaseEnds: "validity (TTL minus elapsed time and drift) or scope",
   wakeUp: "pub/sub on every instance",
   fairness: "best-effort"
 }
@@ -123,12 +123,15 @@ export const make = (options: {
     if (!Number.isFinite(driftFactor) || driftFactor < 0 || driftFactor >= 0.5) {
       return yield* new InvalidLockRequest({ field: "driftFactor", reason: "must be at least 0 and below 0.5" })
     }
-    const perInstanceMillis = yield* millisOf(options.perInstanceTimeout, 50, "perInstanceTimeout")
+    const perInstanceMillis =
+      options.perInstanceTimeout === undefined
+        ? undefined
+        : yield* millisOf(options.perInstanceTimeout, 50, "perInstanceTimeout")
     const stores: ReadonlyArray<Store> = options.instances.map((redis) => makeStore(redis, settings))
     const waiters = makeWaiters(n)
     for (const store of stores) yield* store.listen(waiters.onChange, waiters.onGap)
 
-    const callMillis = (ttlMillis: number) => Math.max(1, Math.min(perInstanceMillis, Math.floor(ttlMillis / 4)))
+    const callMillis = (ttlMillis: number) => perInstanceMillis ?? Math.max(1, Math.min(50, Math.floor(ttlMillis / 10)))
     const driftOf = (ttlMillis: number) => ttlMillis * driftFactor + 2
     const all = <A, E>(f: (store: Store) => Effect.Effect<A, E>) =>
       Effect.forEach(stores, (store) => settle(f(store)), { concurrency: "unbounded" })
