@@ -25,7 +25,16 @@ export class StatementTimeout extends Error {
  */
 export const withDeadline = <A, E>(
   millis: number,
-  effect: Effect.Effect<A, E>
+  effect: Effect.Effect<A, E>,
+  options: {
+    /**
+     * Interrupt the call when the caller is interrupted (default false: the
+     * call runs on, unobserved). Redis commands are atomic on the server, so
+     * interrupting one that has not been sent yet only keeps it from being
+     * sent after its caller gave up.
+     */
+    readonly interruptWithCaller?: boolean
+  } = {}
 ): Effect.Effect<A, E | StatementTimeout> =>
   Effect.flatMap(Effect.forkDetach(effect), (fiber) =>
     Effect.callback<A, E | StatementTimeout>((resume) => {
@@ -47,6 +56,7 @@ export const withDeadline = <A, E>(
         done = true
         clearTimeout(timer)
         removeObserver()
+        if (options.interruptWithCaller === true) fiber.interruptUnsafe()
       })
     })
   )

@@ -92,12 +92,10 @@ export const make = (
       kind: "redis",
       guarantees,
       tryAcquire: (request) =>
-        request.name.isWellFormed()
-          ? Effect.map(
-              store.grant(request, 0n),
-              Option.map((token) => ({ token }))
-            )
-          : Effect.fail(new InvalidLockRequest({ field: "name", reason: "must be well-formed UTF-16" })),
+        Effect.map(
+          store.grant(request, 0n),
+          Option.map(({ token }) => ({ token }))
+        ),
       extend: (name, owner, ttlMillis) => store.extend(name, owner, ttlMillis),
       release: (name, owner) => store.release(name, owner, true),
       subscribe: waiters.subscribe,

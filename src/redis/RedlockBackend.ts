@@ -34,7 +34,19 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, type Duration, Effect, Layer, Option, type Scope, Semaphore } from "effect"
+import {
+  Clock,
+  Context,
+  type Duration,
+  Effect,
+  Layer,
+  Option,
+  Queue,
+  Result,
+  Schedule,
+  type Scope,
+  Semaphore
+} from "effect"
 import * as Redis from "effect/persistence/Redis"
 
 const RedisService = Redis.Redis
@@ -109,26 +121,10 @@ export const make = (options: {
   Effect.gen(function* () {
     const settings = yield* resolveCommon(options)
     const n = options.instances.length
-    if (n < 3) {
-      return yield* new InvalidLockRequest({ field: "instances", reason: `Redlock needs at least 3, got ${n}` })
-    }
-    const quorum = options.quorum ?? Math.floor(n / 2) + 1
-    if (!Number.isInteger(quorum) || quorum <= n / 2 || quorum > n) {
-      return yield* new InvalidLockRequest({
-        field: "quorum",
-        reason: `must be an integer majority of ${n} (${Math.floor(n / 2) + 1}..${n}), got ${quorum}`
-      })
-    }
-    const driftFactor = options.driftFactor ?? 0.01
-    if (!Number.isFinite(driftFactor) || driftFactor < 0 || driftFactor >= 0.5) {
-      return yield* new InvalidLockRequest({ field: "driftFactor", reason: "must be at least 0 and below 0.5" })
-    }
-    const perInstanceMillis =
-      options.perInstanceTimeout === undefined
-        ? undefined
-        : yield* millisOf(options.perInstanceTimeout, 50, "perInstanceTimeout")
+    const { quorum, driftFactor, perInstanceMillis } = yield* validate(n, options)
     const stores: ReadonlyArray<Store> = options.instances.map((redis) => makeStore(redis, settings))
     const waiters = makeWaiters(n)
+    const backendScope = yield* Effect.scope
     for (const store of stores) yield* store.listen(waiters.onChange, waiters.onGap)
 
     const callMillis = (ttlMillis: number) => perInstanceMillis ?? Math.max(1, Math.min(50, Math.floor(ttlMillis / 10)))
@@ -167,9 +163,6 @@ export const make = (options: {
       gated(
         request.name,
         Effect.gen(function* () {
-          if (!request.name.isWellFormed()) {
-            return yield* new InvalidLockRequest({ field: "name", reason: "must be well-formed UTF-16" })
-          }
           const millis = callMillis(request.ttlMillis)
           const started = yield* Clock.currentTimeMillis
           const answers = yield* all((store) => store.grant(request, 0n, millis))
@@ -182,7 +175,7 @@ export const make = (options: {
           const granted: Array<Store> = []
           answers.forEach((answer, i) => {
             if (answer.ok && Option.isSome(answer.value)) {
-              tokens.push(answer.value.value)
+              tokens.push(answer.value.value.token)
               granted.push(stores[i]!)
             }
           })
@@ -193,17 +186,28 @@ export const make = (options: {
             yield* Effect.forEach(
               granted,
               (store) => settle(store.fence(request.name, token, request.ttlMillis, millis)),
-              {
-                concurrency: "unbounded"
-              }
+              { concurrency: "unbounded" }
             )
             return Option.some({ token })
           }
-          if (granted.length > 0 || invalid !== undefined || answers.some((answer) => !answer.ok)) {
-            // Not granted: undo on every instance, including those that timed out.
-            yield* releaseEverywhere(request.name, request.owner)
-          }
+          // The core releases everything after a failed attempt.
           if (invalid !== undefined) return yield* invalid.error
+          // Not granted: undo the grants, keeping the request's place in each
+          // queue. An instance that did not answer may have granted too: it is
+          // undone in the background (it may be slow, and this holds the gate).
+          yield* Effect.forEach(
+            answers,
+            (answer, i) => {
+              const store = stores[i]!
+              if (answer.ok) {
+                return Option.isSome(answer.value)
+                  ? settle(store.ungrant(request, answer.value.value.arrival, millis))
+                  : Effect.void
+              }
+              return Effect.asVoid(Effect.forkIn(settle(store.ungrant(request, undefined)), backendScope))
+            },
+            { concurrency: "unbounded", discard: true }
+          )
           const failures = answers.filter((answer) => !answer.ok).length
           if (failures > n - quorum) {
             const first = answers.find((answer): answer is { ok: false; error: unknown } => !answer.ok)
@@ -275,6 +279,37 @@ export const make = (options: {
     })
   })
 
+/** Checks the instance count, quorum, drift factor and per-instance timeout. */
+const validate = (
+  n: number,
+  options: {
+    readonly quorum?: number | undefined
+    readonly driftFactor?: number | undefined
+    readonly perInstanceTimeout?: Duration.Input | undefined
+  }
+) =>
+  Effect.gen(function* () {
+    if (n < 3) {
+      return yield* new InvalidLockRequest({ field: "instances", reason: `Redlock needs at least 3, got ${n}` })
+    }
+    const quorum = options.quorum ?? Math.floor(n / 2) + 1
+    if (!Number.isInteger(quorum) || quorum <= n / 2 || quorum > n) {
+      return yield* new InvalidLockRequest({
+        field: "quorum",
+        reason: `must be an integer majority of ${n} (${Math.floor(n / 2) + 1}..${n}), got ${quorum}`
+      })
+    }
+    const driftFactor = options.driftFactor ?? 0.01
+    if (!Number.isFinite(driftFactor) || driftFactor < 0 || driftFactor >= 0.5) {
+      return yield* new InvalidLockRequest({ field: "driftFactor", reason: "must be at least 0 and below 0.5" })
+    }
+    const perInstanceMillis =
+      options.perInstanceTimeout === undefined
+        ? undefined
+        : yield* millisOf(options.perInstanceTimeout, 50, "perInstanceTimeout")
+    return { quorum, driftFactor, perInstanceMillis }
+  })
+
 /** Holders and waiters seen on at least `quorum` instances; a holder's token is the highest seen. */
 const merge = (views: ReadonlyArray<Inspection>, quorum: number): Inspection => {
   const holders = new Map<string, { info: HolderInfo; seen: number }>()
@@ -304,20 +339,79 @@ const merge = (views: ReadonlyArray<Inspection>, quorum: number): Inspection => 
 
 /**
  * Redlock as a layer over the given instances' layers (each built once, for
- * the layer's life).
+ * the layer's life). It starts when at least a quorum of them connect; an
+ * instance that cannot be built yet answers every call with an error and is
+ * built again every second in the background.
  *
  * @since 0.1.0
  */
-export const layer = <E, R>(options: Options<E, R>): Layer.Layer<LockBackend, E | InvalidLockRequest, R> =>
+export const layer = <E, R>(
+  options: Options<E, R>
+): Layer.Layer<LockBackend, E | InvalidLockRequest | LockBackendUnavailable, R> =>
   Layer.effect(
     LockBackend,
     Effect.gen(function* () {
-      const instances = yield* Effect.forEach(options.instances, (instance) =>
-        Effect.map(Layer.build(instance), (context) => Context.get(context, RedisService))
-      )
+      const n = options.instances.length
+      const { quorum } = yield* validate(n, options)
+      yield* resolveCommon(options)
+      const built = yield* Effect.forEach(options.instances, (instance) => Effect.result(buildRedis(instance)), {
+        concurrency: "unbounded"
+      })
+      const up = built.filter(Result.isSuccess).length
+      if (up < quorum) {
+        const failure = built.find(Result.isFailure)
+        return yield* new LockBackendUnavailable({
+          operation: "connect",
+          cause: new Error(
+            `${up} of ${n} Redis instances connected; a quorum of ${quorum} is needed (first failure: ${
+              failure === undefined ? "none" : String(failure.failure)
+            })`
+          )
+        })
+      }
+      const instances = yield* Effect.forEach(options.instances, (instance, i) => {
+        const first = built[i]!
+        return Result.isSuccess(first) ? Effect.succeed(first.success) : reconnecting(buildRedis(instance))
+      })
       return yield* make({ ...options, instances })
     })
   )
+
+const buildRedis = <E, R>(instance: Layer.Layer<Redis.Redis, E, R>) =>
+  Effect.map(Layer.build(instance), (context) => Context.get(context, RedisService))
+
+/**
+ * A `Redis` service for an instance that is down at start: every call fails
+ * until a background fiber (retrying every second) has built it.
+ */
+const reconnecting = <E, R>(
+  build: Effect.Effect<Redis.Redis["Service"], E, R | Scope.Scope>
+): Effect.Effect<Redis.Redis["Service"], never, R | Scope.Scope> =>
+  Effect.gen(function* () {
+    let current: Redis.Redis["Service"] | undefined
+    const down = new Redis.RedisError({ cause: new Error("Redis instance not connected yet") })
+    yield* Effect.forkScoped(
+      Effect.retry(
+        Effect.flatMap(build, (service) => Effect.sync(() => (current = service))),
+        Schedule.spaced("1 second")
+      )
+    )
+    const service: Redis.Redis["Service"] = {
+      send: (command, ...args) =>
+        Effect.suspend(() => (current === undefined ? Effect.fail(down) : current.send(command, ...args))),
+      eval:
+        (script) =>
+        (...params) =>
+          Effect.suspend(() => (current === undefined ? Effect.fail(down) : current.eval(script)(...params))),
+      subscribe: (channel) =>
+        Effect.suspend(() => {
+          if (current !== undefined) return current.subscribe(channel)
+          return Effect.tap(Queue.make<Redis.RedisMessage, Redis.RedisError>(), (queue) => Queue.fail(queue, down))
+        }),
+      reserve: Effect.suspend(() => (current === undefined ? Effect.fail(down) : current.reserve))
+    }
+    return service
+  })
 
 /**
  * One `Redis` layer per URL, by `NodeRedis`.
@@ -336,5 +430,18 @@ export const instancesFromUrls = (
 export const layerFromUrls = (
   urls: ReadonlyArray<string>,
   options: Omit<Options<LockBackendUnavailable>, "instances"> = {}
-): Layer.Layer<LockBackend, LockBackendUnavailable | InvalidLockRequest> =>
-  layer({ ...options, instances: instancesFromUrls(urls) })
+): Layer.Layer<LockBackend, LockBackendUnavailable | InvalidLockRequest> => {
+  // The same server twice would answer for two "independent" instances.
+  const seen = new Set<string>()
+  for (const url of urls) {
+    const key = url.trim().toLowerCase().replace(/\/+$/, "")
+    if (seen.has(key)) {
+      return Layer.effect(
+        LockBackend,
+        Effect.fail(new InvalidLockRequest({ field: "instances", reason: `the URL ${url} is given twice` }))
+      )
+    }
+    seen.add(key)
+  }
+  return layer({ ...options, instances: instancesFromUrls(urls) })
+}

@@ -4,16 +4,17 @@
 -- ARGV[2] name      the lock name, as published
 -- ARGV[3] owner     the acquisition's owner id
 -- ARGV[4] mode      "exclusive", "shared" or "permits"
--- ARGV[5] permits   permits taken (1 unless mode is "permits")
+-- ARGV[5] permits   permits taken (1 unless mode is "permits"), a decimal integer stored as given
 -- ARGV[6] limit     total permits (1 unless mode is "permits")
 -- ARGV[7] ttl       lease and waiter registration, in milliseconds
 -- ARGV[8] metadata  JSON, stored for inspection
 -- ARGV[9] queue     "1": register as a waiter when not granted
 -- ARGV[10] floor    the token must be at least this (Redlock's write-back; "0" otherwise)
--- Returns {1, token} when granted, {0} when not, {-1, field, kind, limit} when the name is in use as another kind
--- or with another limit.
+-- Returns {1, token, arrival} when granted (arrival: the owner's place in the queue it left, or false), {0} when
+-- not, {-1, field, kind, limit} when the name is in use as another kind or with another limit.
 local channel, name, owner, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local permits, limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local permits_text = ARGV[5]
 local metadata, queue, floor = ARGV[8], ARGV[9] == '1', tonumber(ARGV[10])
 local kind = 'lock'
 if mode == 'permits' then
@@ -24,9 +25,15 @@ local swept = sweep()
 if redis.call('EXISTS', X) == 1 or redis.call('EXISTS', R) == 1 or redis.call('EXISTS', Q) == 1 then
   local current = redis.call('HMGET', M, 'kind', 'limit')
   if current[1] and current[1] ~= kind then
+    if swept then
+      wake(channel, name, false, owner)
+    end
     return { -1, 'mode', current[1], current[2] }
   end
   if kind == 'semaphore' and current[2] and tonumber(current[2]) ~= limit then
+    if swept then
+      wake(channel, name, false, owner)
+    end
     return { -1, 'limit', current[1], current[2] }
   end
 end
@@ -38,7 +45,10 @@ if x and string.sub(x, 1, #prefix) == prefix then
   redis.call('PEXPIRE', X, ttl)
   keep(M, ttl)
   keep(C, ttl + GRACE)
-  return { 1, tonumber(string.match(x, '^(%d+)', #prefix + 1)) }
+  if swept then
+    wake(channel, name, false, owner)
+  end
+  return { 1, tonumber(string.match(x, '^(%d+)', #prefix + 1)), false }
 end
 local held = redis.call('HGET', RI, owner)
 if held then
@@ -47,27 +57,19 @@ if held then
   keep(RI, ttl)
   keep(M, ttl)
   keep(C, ttl + GRACE)
-  return { 1, tonumber(string.match(held, '^%d+|(%d+)')) }
+  if swept then
+    wake(channel, name, false, owner)
+  end
+  return { 1, tonumber(string.match(held, '^%d+|(%d+)')), false }
 end
 
-local queued = redis.call('ZSCORE', Q, owner) ~= false
+local arrival = redis.call('ZSCORE', Q, owner)
+local queued = arrival ~= false
 if not eligible(owner, mode, permits, limit, queued) then
   if queued or queue then
-    if not queued then
-      redis.call('ZADD', Q, NOW_US, owner)
-      redis.call('HSET', QI, owner, permits .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
-      if mode == 'exclusive' then
-        redis.call('ZADD', W, NOW_US, owner)
-      end
-    end
-    redis.call('ZADD', QE, NOW + ttl, owner)
-    redis.call('HSET', M, 'kind', kind, 'limit', limit)
-    keep(Q, ttl)
-    keep(QE, ttl)
-    keep(QI, ttl)
-    keep(W, ttl)
-    keep(M, ttl)
+    enqueue(owner, NOW_US, mode, permits_text, limit, ttl, metadata)
   end
+  -- (An exclusive holder that expired is removed by Redis silently: waiters find out at their next refresh.)
   if swept then
     wake(channel, name, false, owner)
   end
@@ -87,7 +89,7 @@ if mode == 'exclusive' then
   redis.call('SET', X, prefix .. fmt(token) .. '|' .. NOW .. '|' .. metadata, 'PX', ttl)
 else
   redis.call('ZADD', R, NOW + ttl, owner)
-  redis.call('HSET', RI, owner, permits .. '|' .. fmt(token) .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
+  redis.call('HSET', RI, owner, permits_text .. '|' .. fmt(token) .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
   keep(R, ttl)
   keep(RI, ttl)
 end
@@ -97,4 +99,4 @@ keep(M, ttl)
 if queued or swept then
   wake(channel, name, false, owner)
 end
-return { 1, token }
+return { 1, token, arrival }

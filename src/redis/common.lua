@@ -124,6 +124,25 @@ local function wake(channel, name, idle_too, cause)
   end
 end
 
+-- Registers `owner` as a waiter arriving at `arrival` (µs), or refreshes its registration; keeps the queue's keys
+-- (and the name's kind and limit) alive at least `ttl` ms.
+local function enqueue(owner, arrival, mode, permits, limit, ttl, metadata)
+  if redis.call('ZSCORE', Q, owner) == false then
+    redis.call('ZADD', Q, arrival, owner)
+    redis.call('HSET', QI, owner, permits .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)
+    if mode == 'exclusive' then
+      redis.call('ZADD', W, arrival, owner)
+    end
+  end
+  redis.call('ZADD', QE, NOW + ttl, owner)
+  redis.call('HSET', M, 'kind', mode == 'permits' and 'semaphore' or 'lock', 'limit', limit)
+  keep(Q, ttl)
+  keep(QE, ttl)
+  keep(QI, ttl)
+  keep(W, ttl)
+  keep(M, ttl)
+end
+
 -- After a release or a withdrawal: a name nobody holds or waits for keeps nothing but its counter, for GRACE ms.
 local function settle()
   if redis.call('EXISTS', X) == 0 and redis.call('EXISTS', R) == 0 and redis.call('EXISTS', Q) == 0 then

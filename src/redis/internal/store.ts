@@ -20,19 +20,52 @@ export interface StoreOptions {
   readonly commandMillis: number
 }
 
+/** A grant by one server. */
+export interface Granted {
+  readonly token: bigint
+  /** The owner's arrival in the queue the grant took it from (µs, as stored), if any. */
+  readonly arrival: string | undefined
+}
+
+/** The longest TTL the scripts accept: beyond it, times in milliseconds lose precision as Lua numbers. */
+export const MAX_TTL_MILLIS = 2 ** 40
+
+const ttlArg = (ttlMillis: number): Effect.Effect<string, InvalidLockRequest> =>
+  Number.isFinite(ttlMillis) && ttlMillis > 0 && ttlMillis <= MAX_TTL_MILLIS
+    ? Effect.succeed(String(Math.ceil(ttlMillis)))
+    : Effect.fail(
+        new InvalidLockRequest({ field: "ttl", reason: `must be greater than zero and at most ${MAX_TTL_MILLIS} ms` })
+      )
+
+const checkName = (name: string): Effect.Effect<string, InvalidLockRequest> =>
+  name.isWellFormed()
+    ? Effect.succeed(name)
+    : Effect.fail(new InvalidLockRequest({ field: "name", reason: "must be well-formed UTF-16 (no lone surrogates)" }))
+
 /** One Redis server's primitive operations. */
 export interface Store {
+  /** One attempt; a grant taken from the queue says where the owner stood (`arrival`, µs). */
   readonly grant: (
     request: GrantRequest,
     floor: bigint,
     commandMillis?: number
-  ) => Effect.Effect<Option.Option<bigint>, LockBackendUnavailable | InvalidLockRequest>
+  ) => Effect.Effect<Option.Option<Granted>, LockBackendUnavailable | InvalidLockRequest>
+  /**
+   * Undoes a grant that did not reach Redlock's quorum: the grant goes, and a
+   * queued request stays queued (at `arrival` when the grant took it from the
+   * queue).
+   */
+  readonly ungrant: (
+    request: GrantRequest,
+    arrival: string | undefined,
+    commandMillis?: number
+  ) => Effect.Effect<boolean, LockBackendUnavailable | InvalidLockRequest>
   readonly extend: (
     name: string,
     owner: string,
     ttlMillis: number,
     commandMillis?: number
-  ) => Effect.Effect<ExtendOutcome, LockBackendUnavailable>
+  ) => Effect.Effect<ExtendOutcome, LockBackendUnavailable | InvalidLockRequest>
   readonly release: (
     name: string,
     owner: string,
@@ -79,9 +112,15 @@ export const resolveCommon = (options: {
 /** A duration option in milliseconds: positive and finite, or `fallback` when absent. */
 export { millisOf }
 
-/** A `Redis` service for `url`, by `NodeRedis`; connection failures are `LockBackendUnavailable`. */
+/**
+ * A `Redis` service for `url`, by `NodeRedis`; connection failures are
+ * `LockBackendUnavailable`. Commands fail at once while the client is
+ * disconnected (`disableOfflineQueue`), so the core retries them, and no
+ * command outlives its deadline in the client's offline queue (where it would
+ * keep `client.close()`, and so the layer's finalizer, waiting).
+ */
 export const redisLayer = (url: string): Layer.Layer<Redis.Redis, LockBackendUnavailable> =>
-  NodeRedis.layer({ url }).pipe(
+  NodeRedis.layer({ url, disableOfflineQueue: true }).pipe(
     Layer.catchTag("RedisError", (error) =>
       Layer.effect(Redis.Redis, Effect.fail(new LockBackendUnavailable({ operation: "connect", cause: error.cause })))
     )
@@ -131,7 +170,7 @@ const fields = (text: string, count: number): Array<string> => {
 }
 
 const call = <A>(operation: string, millis: number, effect: Effect.Effect<A, Redis.RedisError>) =>
-  Effect.mapError(withDeadline(millis, effect), unavailable(operation))
+  Effect.mapError(withDeadline(millis, effect, { interruptWithCaller: true }), unavailable(operation))
 
 /** Builds a store on one `Redis` service. */
 export const makeStore = (redis: Redis.Redis["Service"], options: StoreOptions): Store => {
@@ -144,27 +183,38 @@ export const makeStore = (redis: Redis.Redis["Service"], options: StoreOptions):
   const inspectScript = redis.eval(Scripts.inspect)
 
   const grant: Store["grant"] = (request, floor, millis = commandMillis) =>
-    call(
-      "acquire",
-      millis,
-      acquireScript(
-        keysOf(prefix, request.name),
-        channel,
-        request.name,
-        request.owner,
-        request.mode,
-        String(request.permits),
-        String(request.limit),
-        String(request.ttlMillis),
-        JSON.stringify(request.metadata),
-        request.queue ? "1" : "0",
-        floor.toString()
-      )
-    ).pipe(
+    Effect.all([checkName(request.name), ttlArg(request.ttlMillis)]).pipe(
+      Effect.flatMap(([name, ttl]) =>
+        call(
+          "acquire",
+          millis,
+          acquireScript(
+            keysOf(prefix, name),
+            channel,
+            name,
+            request.owner,
+            request.mode,
+            String(request.permits),
+            String(request.limit),
+            ttl,
+            JSON.stringify(request.metadata),
+            request.queue ? "1" : "0",
+            floor.toString()
+          )
+        )
+      ),
       Effect.flatMap((reply) => {
         const status = Number(reply[0])
-        if (status === 1) return Effect.succeed(Option.some(BigInt(reply[1] as number | string)))
-        if (status === 0) return Effect.succeed(Option.none<bigint>())
+        if (status === 1) {
+          const arrival = reply[2]
+          return Effect.succeed(
+            Option.some<Granted>({
+              token: BigInt(reply[1] as number | string),
+              arrival: typeof arrival === "string" || typeof arrival === "number" ? String(arrival) : undefined
+            })
+          )
+        }
+        if (status === 0) return Effect.succeed(Option.none<Granted>())
         const field = String(reply[1])
         const kind = kindOf(request.mode)
         return Effect.fail(
@@ -179,15 +229,48 @@ export const makeStore = (redis: Redis.Redis["Service"], options: StoreOptions):
       })
     )
 
+  const ungrant: Store["ungrant"] = (request, arrival, millis = commandMillis) =>
+    Effect.all([checkName(request.name), ttlArg(request.ttlMillis)]).pipe(
+      Effect.flatMap(([name, ttl]) =>
+        call(
+          "release",
+          millis,
+          releaseScript(
+            keysOf(prefix, name),
+            channel,
+            name,
+            request.owner,
+            "1",
+            "1",
+            arrival ?? "",
+            request.queue ? "1" : "0",
+            request.mode,
+            String(request.permits),
+            String(request.limit),
+            ttl,
+            JSON.stringify(request.metadata)
+          )
+        )
+      ),
+      Effect.map((reply) => Number(reply) === 1)
+    )
+
   const extend: Store["extend"] = (name, owner, ttlMillis, millis = commandMillis) =>
-    call("extend", millis, extendScript(keysOf(prefix, name), channel, name, owner, String(ttlMillis))).pipe(
+    Effect.all([checkName(name), ttlArg(ttlMillis)]).pipe(
+      Effect.flatMap(([checked, ttl]) =>
+        call("extend", millis, extendScript(keysOf(prefix, checked), channel, checked, owner, ttl))
+      ),
       Effect.map((reply): ExtendOutcome => (reply === "extended" || reply === "stolen" ? reply : "expired"))
     )
 
   const release: Store["release"] = (name, owner, idleToo, millis = commandMillis) =>
-    call("release", millis, releaseScript(keysOf(prefix, name), channel, name, owner, idleToo ? "1" : "0")).pipe(
-      Effect.map((reply) => Number(reply) === 1)
-    )
+    name.isWellFormed()
+      ? call(
+          "release",
+          millis,
+          releaseScript(keysOf(prefix, name), channel, name, owner, idleToo ? "1" : "0", "0")
+        ).pipe(Effect.map((reply) => Number(reply) === 1))
+      : Effect.succeed(false)
 
   const fence: Store["fence"] = (name, token, ttlMillis, millis = commandMillis) =>
     call("fence", millis, fenceScript(counterOf(prefix, name), token.toString(), String(ttlMillis))).pipe(
@@ -277,6 +360,7 @@ export const makeStore = (redis: Redis.Redis["Service"], options: StoreOptions):
 
   const inspect: Store["inspect"] = (name) =>
     Effect.gen(function* () {
+      if (name !== undefined && !name.isWellFormed()) return { holders: [], waiters: [] }
       const list = name === undefined ? yield* names : [name]
       const parts = yield* Effect.forEach(list, inspectName, { concurrency: 16 })
       return {
@@ -312,7 +396,7 @@ export const makeStore = (redis: Redis.Redis["Service"], options: StoreOptions):
       yield* Effect.ignore(withDeadline(commandMillis, Deferred.await(subscribed)))
     })
 
-  return { grant, extend, release, fence, inspect, listen }
+  return { grant, ungrant, extend, release, fence, inspect, listen }
 }
 
 /**
@@ -341,11 +425,16 @@ export const makeWaiters = (instances = 1): Waiters => {
   const isRepeat = (change: Change): boolean => {
     if (instances <= 1) return false
     const now = Date.now()
-    if (recent.size > 1000) for (const [key, at] of recent) if (now - at > 1000) recent.delete(key)
+    // Oldest first (a key seen again moves to the end): prune from the front.
+    for (const [key, at] of recent) {
+      if (now - at <= 1000) break
+      recent.delete(key)
+    }
     const key = `${change.name.length}:${change.name}${change.cause.length}:${change.cause}${change.owner}`
-    const seen = recent.get(key)
+    const seen = recent.has(key)
+    recent.delete(key)
     recent.set(key, now)
-    return seen !== undefined && now - seen <= 1000
+    return seen
   }
   const subscribe: Waiters["subscribe"] = (name, owner) =>
     Effect.gen(function* () {
@@ -372,7 +461,9 @@ export const makeWaiters = (instances = 1): Waiters => {
     const set = byName.get(change.name)
     if (set === undefined || isRepeat(change)) return
     const owner = change.owner
-    for (const listener of set) if (owner === "" || listener.owner === owner) signal(listener)
+    for (const listener of set) {
+      if (owner === "" || listener.owner === undefined || listener.owner === owner) signal(listener)
+    }
   }
   const onGap = () => {
     for (const set of byName.values()) for (const listener of set) signal(listener)
