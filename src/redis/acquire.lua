@@ -21,6 +21,17 @@ if mode == 'permits' then
   kind = 'semaphore'
 end
 
+-- Fast path: an exclusive request for a name nobody holds or waits for (R and Q hold no entry, not even an
+-- expired one, so there is nothing to sweep).
+if mode == 'exclusive' and redis.call('EXISTS', X, R, Q) == 0 then
+  local token = math.max(tonumber(redis.call('GET', C) or '0') + 1, NOW_US, floor)
+  redis.call('SET', C, fmt(token), 'PX', ttl + GRACE)
+  redis.call('SET', X, x_prefix(owner) .. fmt(token) .. '|' .. NOW .. '|' .. metadata, 'PX', ttl)
+  redis.call('HSET', M, 'kind', kind, 'limit', limit)
+  redis.call('PEXPIRE', M, ttl)
+  return { 1, token, false }
+end
+
 local swept = sweep()
 if redis.call('EXISTS', X) == 1 or redis.call('EXISTS', R) == 1 or redis.call('EXISTS', Q) == 1 then
   local current = redis.call('HMGET', M, 'kind', 'limit')

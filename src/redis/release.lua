@@ -13,10 +13,19 @@
 -- Returns 1 when a grant was released, 0 otherwise (not held, expired, or only a waiter registration withdrawn).
 local channel, name, owner, idle_too = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local ungrant = ARGV[5] == '1'
-local changed = sweep()
-local released = 0
 local prefix = x_prefix(owner)
 local x = redis.call('GET', X)
+-- Fast path: the owner holds the name exclusively and nobody else holds or waits (nothing to sweep).
+if not ungrant and x and string.sub(x, 1, #prefix) == prefix and redis.call('EXISTS', R, Q) == 0 then
+  redis.call('DEL', X, M)
+  redis.call('PEXPIRE', C, GRACE)
+  if idle_too then
+    redis.call('PUBLISH', channel, #name .. ':' .. name .. #owner .. ':' .. owner)
+  end
+  return 1
+end
+local changed = sweep()
+local released = 0
 if x and string.sub(x, 1, #prefix) == prefix then
   redis.call('DEL', X)
   released = 1
