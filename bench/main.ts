@@ -3,9 +3,10 @@
  * and written to bench/results/latest.json. Ratios are against the backend's
  * own raw round trip measured in the same run (never absolute thresholds).
  *
- *   BENCH_SECTIONS=memory,postgres,redis npm run bench   (default: all three)
+ *   BENCH_SECTIONS=memory,postgres,redis,etcd npm run bench   (default: all four)
  *   LOCK_BENCH_POSTGRES_URL=postgres://... (default: the local server)
  *   LOCK_BENCH_REDIS_URL=redis://...       (default: the local server)
+ *   LOCK_BENCH_ETCD_ENDPOINTS=http://...   (default: a private etcd started for the run)
  */
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { Effect, Exit, Layer, Redacted, Scope } from "effect"
@@ -14,6 +15,8 @@ import { mkdirSync, writeFileSync } from "node:fs"
 import { Lock, LockBackend, MemoryBackend } from "../src/index.ts"
 import { PostgresBackend } from "../src/postgres/index.ts"
 import { RedisBackend } from "../src/redis/index.ts"
+import { EtcdBackend, EtcdClient } from "../src/etcd/index.ts"
+import { startEtcd } from "../test/support/EtcdServer.ts"
 import * as Redis from "effect/persistence/Redis"
 import { Redis as IORedis } from "ioredis"
 import Redlock from "redlock"
@@ -28,7 +31,7 @@ import {
   type UncontendedResult
 } from "./harness.ts"
 
-const sections = (process.env["BENCH_SECTIONS"] ?? "memory,postgres,redis").split(",").map((s) => s.trim())
+const sections = (process.env["BENCH_SECTIONS"] ?? "memory,postgres,redis,etcd").split(",").map((s) => s.trim())
 const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
 
 const memory = onBackend(
@@ -153,6 +156,63 @@ const redis = Effect.gen(function* () {
   return { u: ours.u, c: [ours.c, ...peers] }
 }).pipe(Effect.provide(RedisBackend.redisLayer(redisUrl)))
 
+// The floor is the fewest round trips an etcd lock needs: a put guarded on
+// create revision 0 with an already granted lease, then a delete.
+const etcd = Effect.gen(function* () {
+  const given = process.env["LOCK_BENCH_ETCD_ENDPOINTS"]
+  const server = given === undefined ? yield* Effect.promise(() => startEtcd()) : undefined
+  const endpoints = given?.split(",") ?? server!.endpoints
+  return yield* Effect.gen(function* () {
+    const { client } = yield* EtcdClient.EtcdClient
+    const lease = yield* Effect.promise(() => client.leaseClient.leaseGrant({ TTL: 60, ID: 0 }))
+    const floor = Effect.promise(async () => {
+      await client
+        .if("effect-locks-bench/floor", "Create", "==", 0)
+        .then(client.put("effect-locks-bench/floor").value("x").lease(lease.ID))
+        .commit()
+      await client.delete().key("effect-locks-bench/floor").exec()
+    })
+    const client2 = yield* EtcdClient.EtcdClient
+    const ours = yield* onBackend(
+      EtcdBackend.layer({ prefix: "effect-locks-bench/" }).pipe(
+        Layer.provide(Layer.succeed(EtcdClient.EtcdClient, client2))
+      ),
+      Effect.gen(function* () {
+        const u = yield* uncontended({
+          section: "etcd",
+          rounds: 10,
+          iterations: 300,
+          library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
+          floor
+        })
+        const c = yield* contended({ section: "etcd", fibers: 32, millis: contendedMillis, name: "bench-c" })
+        return { u, c }
+      })
+    )
+    // etcd3's own Lock: a failed acquire rejects at once, so its waiters retry every 10 ms.
+    const peer = yield* peerContended({
+      section: "etcd: etcd3 Lock (peer)",
+      fibers: 32,
+      millis: contendedMillis,
+      acquire: async () => {
+        while (true) {
+          const lock = client.lock("effect-locks-bench/peer").ttl(30)
+          try {
+            await lock.acquire()
+            return () => lock.release()
+          } catch {
+            await new Promise((resolve) => setTimeout(resolve, 10))
+          }
+        }
+      }
+    })
+    return { u: ours.u, c: [ours.c, peer] }
+  }).pipe(
+    Effect.provide(EtcdClient.layer({ endpoints })),
+    Effect.ensuring(server === undefined ? Effect.void : Effect.promise(() => server.stop()))
+  )
+})
+
 const f = (n: number, d = 1) => n.toFixed(d)
 
 const program = Effect.gen(function* () {
@@ -170,6 +230,11 @@ const program = Effect.gen(function* () {
   }
   if (sections.includes("redis")) {
     const { u, c } = yield* redis
+    uncontendedRows.push(u)
+    contendedRows.push(...c)
+  }
+  if (sections.includes("etcd")) {
+    const { u, c } = yield* etcd
     uncontendedRows.push(u)
     contendedRows.push(...c)
   }

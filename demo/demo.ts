@@ -149,9 +149,10 @@ const THINK_MAX_MILLIS = 30
 /**
  * The read-write name's guard. Writers enter a `FencedResource` of capacity
  * 1 (mutual exclusion among writers, strictly increasing tokens). Every read
- * is checked against the same fence (`write(token)`: a reader granted before
- * a writer must not act after it), and a probe records any reader inside
- * together with a writer.
+ * is checked against the highest writer token seen (a reader granted before
+ * a writer must not act after it; readers are not ordered among themselves:
+ * etcd's tokens follow the queue, and readers share), and a probe records any
+ * reader inside together with a writer.
  */
 interface ReadWriteGuard {
   readonly fence: FencedResource.FencedResource
@@ -159,6 +160,8 @@ interface ReadWriteGuard {
   readonly write: <A, E, R>(token: bigint, effect: Effect.Effect<A, E, R>) => Effect.Effect<Option.Option<A>, E, R>
   readonly conflicts: () => number
   readonly maxReaders: () => number
+  /** Reads rejected: a token below a writer's that already acted. */
+  readonly staleReads: () => ReadonlyArray<{ readonly token: bigint; readonly highest: bigint }>
 }
 
 const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function* () {
@@ -167,12 +170,15 @@ const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function* (
   let writers = 0
   let conflicts = 0
   let maxReaders = 0
+  let highestWriter = 0n
+  const staleReads: Array<{ readonly token: bigint; readonly highest: bigint }> = []
   const write = <A, E, R>(token: bigint, effect: Effect.Effect<A, E, R>) =>
     fence
       .use(
         token,
         Effect.suspend(() => {
           if (readers > 0) conflicts++
+          if (token > highestWriter) highestWriter = token
           writers++
           return Effect.ensuring(
             effect,
@@ -186,8 +192,11 @@ const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function* (
         Effect.catchTag("StaleToken", () => Effect.succeedNone)
       )
   const read = <A, E, R>(token: bigint, effect: Effect.Effect<A, E, R>) =>
-    Effect.flatMap(fence.write(token), (accepted) => {
-      if (!accepted) return Effect.succeedNone
+    Effect.suspend(() => {
+      if (token < highestWriter) {
+        staleReads.push({ token, highest: highestWriter })
+        return Effect.succeedNone
+      }
       if (writers > 0) conflicts++
       readers++
       maxReaders = Math.max(maxReaders, readers)
@@ -198,7 +207,14 @@ const makeReadWriteGuard: Effect.Effect<ReadWriteGuard> = Effect.gen(function* (
         )
       )
     })
-  return { fence, read, write, conflicts: () => conflicts, maxReaders: () => maxReaders }
+  return {
+    fence,
+    read,
+    write,
+    conflicts: () => conflicts,
+    maxReaders: () => maxReaders,
+    staleReads: () => staleReads
+  }
 })
 
 /** Runs a critical section in a lock's fence; a stale token skips it (the fence recorded it). */
@@ -475,7 +491,15 @@ export const runDemo = (options?: DemoOptions): Effect.Effect<DemoSummary, LockE
       })
     }
     for (const name of LOCK_NAMES) summarize(name, "exclusive", 1, yield* lockFences.get(name)!.report, 0)
-    summarize(RW_NAME, "read-write", 1, yield* rwGuard.fence.report, rwGuard.conflicts(), rwGuard.maxReaders())
+    const rwReport = yield* rwGuard.fence.report
+    summarize(
+      RW_NAME,
+      "read-write",
+      1,
+      { ...rwReport, rejected: [...rwReport.rejected, ...rwGuard.staleReads()] },
+      rwGuard.conflicts(),
+      rwGuard.maxReaders()
+    )
     summarize(SEMAPHORE_NAME, "semaphore", SEMAPHORE_LIMIT, yield* semFence.report, 0)
 
     const violations = names.reduce((acc, n) => acc + n.violations, 0)

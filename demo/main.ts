@@ -7,6 +7,7 @@
  *   DEMO_DURATION_MS=6000 npm run demo
  *   LOCK_PROVIDER=postgres LOCK_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres npm run demo
  *   LOCK_PROVIDER=redis LOCK_REDIS_URL=redis://127.0.0.1:6379 npm run demo
+ *   LOCK_PROVIDER=etcd LOCK_ETCD_ENDPOINTS=http://127.0.0.1:2379 npm run demo
  */
 import { Config, Deferred, Effect, Runtime } from "effect"
 import { LockBackend } from "../src/index.ts"
@@ -14,6 +15,8 @@ import { LockBackend } from "../src/index.ts"
 import "../src/postgres/index.ts"
 // Registers LOCK_PROVIDER=redis (with LOCK_REDIS_URL: one URL, or three or more for Redlock).
 import "../src/redis/index.ts"
+// Registers LOCK_PROVIDER=etcd (with LOCK_ETCD_ENDPOINTS).
+import "../src/etcd/index.ts"
 import { type DemoOutput, plainOutput, runDemo } from "./demo.ts"
 
 const write = (text: string) => process.stdout.write(`${text}\n`)

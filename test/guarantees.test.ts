@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs"
 import { type Guarantees, LockBackend, MemoryBackend } from "../src/index.ts"
 import { PostgresBackend } from "../src/postgres/index.ts"
 import { RedisBackend, RedlockBackend } from "../src/redis/index.ts"
+import { EtcdBackend } from "../src/etcd/index.ts"
 
 // The guarantees tables in README.md and docs/guarantees.md must say what the
 // backends declare.
@@ -44,6 +45,7 @@ describe("guarantees tables", () => {
         checkColumn(table, "postgres", PostgresBackend.guarantees)
         checkColumn(table, "redis", RedisBackend.guarantees)
         checkColumn(table, "redlock", RedlockBackend.guarantees)
+        checkColumn(table, "etcd", EtcdBackend.guarantees)
       }).pipe(Effect.provide(MemoryBackend.layer))
     )
   }
@@ -52,7 +54,9 @@ describe("guarantees tables", () => {
     const readme = readFileSync("README.md", "utf8")
     const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!.trim())
     assert.isAtLeast(blocks.length, 2)
-    const examples = ["quickstart", "fencing", "postgres", "redis"].map((f) => readFileSync(`examples/${f}.ts`, "utf8"))
+    const examples = ["quickstart", "fencing", "postgres", "redis", "etcd"].map((f) =>
+      readFileSync(`examples/${f}.ts`, "utf8")
+    )
     for (const block of blocks)
       assert.isTrue(
         examples.some((e) => e.includes(block)),

@@ -1,0 +1,91 @@
+/**
+ * An Effect service over the `etcd3` client: every call has a real-time
+ * deadline, and transport errors become `LockBackendUnavailable`.
+ *
+ * @since 0.1.0
+ */
+import { Config, Context, Duration, Effect, Layer } from "effect"
+import { Etcd3, type IOptions } from "etcd3"
+import { InvalidLockRequest, LockBackendUnavailable } from "../LockError.ts"
+import { withDeadline } from "../internal/deadline.ts"
+
+/**
+ * The client and its guarded call.
+ *
+ * @since 0.1.0
+ */
+export interface EtcdClientShape {
+  /** The underlying `etcd3` client (its own pool of gRPC channels to the endpoints). */
+  readonly client: Etcd3
+  /** Deadline of each call, in milliseconds. */
+  readonly callMillis: number
+  /**
+   * Runs one call with the deadline (or `millis`); a rejection or a missed
+   * deadline is `LockBackendUnavailable` naming `operation`.
+   */
+  readonly call: <A>(
+    operation: string,
+    f: (client: Etcd3) => Promise<A>,
+    millis?: number
+  ) => Effect.Effect<A, LockBackendUnavailable>
+}
+
+/**
+ * The etcd client in context.
+ *
+ * @since 0.1.0
+ */
+export class EtcdClient extends Context.Service<EtcdClient, EtcdClientShape>()("effect-locks/EtcdClient") {}
+
+/**
+ * Options of the client.
+ *
+ * @since 0.1.0
+ */
+export interface Options {
+  /** `http://host:port` of one or more members. */
+  readonly endpoints: ReadonlyArray<string>
+  /** Deadline of each call. Default 2 seconds. */
+  readonly callTimeout?: Duration.Input | undefined
+  /** More `etcd3` options (auth, credentials, ...). */
+  readonly etcd3?: Omit<IOptions, "hosts"> | undefined
+}
+
+/**
+ * A client for `endpoints`, closed with the layer.
+ *
+ * @since 0.1.0
+ */
+export const layer = (options: Options): Layer.Layer<EtcdClient, InvalidLockRequest> =>
+  Layer.effect(
+    EtcdClient,
+    Effect.gen(function* () {
+      const endpoints = options.endpoints.map((e) => e.trim()).filter((e) => e.length > 0)
+      if (endpoints.length === 0) {
+        return yield* new InvalidLockRequest({ field: "endpoints", reason: "at least one etcd endpoint is needed" })
+      }
+      const callMillis =
+        options.callTimeout === undefined ? 2000 : Duration.toMillis(Duration.fromInputUnsafe(options.callTimeout))
+      if (!(callMillis > 0) || !Number.isFinite(callMillis)) {
+        return yield* new InvalidLockRequest({ field: "callTimeout", reason: "must be a positive, finite duration" })
+      }
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => new Etcd3({ ...options.etcd3, hosts: [...endpoints] })),
+        (c) => Effect.sync(() => c.close())
+      )
+      const call: EtcdClientShape["call"] = (operation, f, millis = callMillis) =>
+        withDeadline(millis, Effect.tryPromise({ try: () => f(client), catch: (cause) => cause }), {
+          interruptWithCaller: true
+        }).pipe(Effect.mapError((cause) => new LockBackendUnavailable({ operation, cause })))
+      return { client, callMillis, call }
+    })
+  )
+
+/**
+ * Reads `LOCK_ETCD_ENDPOINTS` (comma-separated).
+ *
+ * @since 0.1.0
+ */
+export const layerConfig: Layer.Layer<EtcdClient, Config.ConfigError | InvalidLockRequest> = Layer.unwrap(
+  Effect.map(Config.String("LOCK_ETCD_ENDPOINTS"), (endpoints) => layer({ endpoints: endpoints.split(",") }))
+)
