@@ -95,6 +95,18 @@ interface Entry {
   granted: boolean
   /** When the lease was last granted or kept alive (`Date.now()`). */
   refreshedAt: number
+  /** The name's keys as the last attempt read them, at `revision`; a wait starts from there. */
+  lastRead: { readonly revision: bigint; readonly kvs: ReadonlyArray<Kv> } | undefined
+  /** The watch on what blocks this queued request, once it waited. */
+  watch: BlockerWatch | undefined
+}
+
+/** A watch on the key(s) that block a queued request. */
+interface BlockerWatch {
+  /** The blocker was deleted (or the watch broke): the request may proceed, or must look again. */
+  gone: boolean
+  readonly wakers: Set<() => void>
+  cancel: () => void
 }
 
 interface Kv {
@@ -193,6 +205,11 @@ export const make = (
     const namePrefix = (name: string) => `${prefix}${encodeURIComponent(name)}/`
     const keyOf = (name: string, owner: string) => `${namePrefix(name)}${encodeURIComponent(owner)}`
     const entries = new Map<string, Entry>()
+    /** Drops a request's bookkeeping and its watch. */
+    const forget = (id: string) => {
+      entries.get(id)?.watch?.cancel()
+      entries.delete(id)
+    }
     /** Spare leases (granted ahead, or kept after a release), per TTL in seconds, with their last refresh. */
     const spares = new Map<number, Array<{ readonly id: string; readonly at: number }>>()
     /** The smallest lease TTL the server granted as asked, once known. */
@@ -265,6 +282,7 @@ export const make = (
     const backendScope = yield* Effect.scope
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
+        for (const entry of entries.values()) entry.watch?.cancel()
         const leases = [...entries.values()].map((entry) => entry.lease)
         for (const pool of spares.values()) for (const spare of pool) leases.push(spare.id)
         entries.clear()
@@ -288,12 +306,23 @@ export const make = (
         const id = entryKey(request.name, request.owner)
         const key = keyOf(request.name, request.owner)
         let entry = entries.get(id)
+        if (
+          entry !== undefined &&
+          !entry.granted &&
+          request.queue &&
+          entry.watch !== undefined &&
+          !entry.watch.gone &&
+          Date.now() - entry.refreshedAt < (entry.ttlSeconds * 1000) / 3
+        ) {
+          // Still blocked: the watch on what blocks it has seen no deletion.
+          return Option.none()
+        }
         if (entry !== undefined && Date.now() - entry.refreshedAt >= (entry.ttlSeconds * 1000) / 3) {
           // A repeated attempt (a waiter's refresh, or a retry) keeps its lease alive.
           const sent = Date.now()
           const ttl = yield* etcd.call("extend", (c) => keepAlive(c, entry!.lease))
           if (ttl <= 0) {
-            entries.delete(id)
+            forget(id)
             entry = undefined
           } else {
             entry.refreshedAt = sent
@@ -310,24 +339,34 @@ export const make = (
           since: now,
           metadata: request.metadata
         }
-        const answer = yield* etcd
-          .call("acquire", (c) =>
-            c
-              .if(key, "Create", "==", 0)
-              .then(
-                c.put(key).value(JSON.stringify(record)).lease(lease),
-                c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend")
-              )
-              .else(c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend"))
-              .commit()
-          )
-          .pipe(Effect.tapError(() => (entry === undefined ? Effect.ignore(revoke(lease)) : Effect.void)))
-        const range = answer.responses[answer.succeeded ? 1 : 0]?.response_range
-        const kvs = kvsOf(range?.kvs)
+        // A queued request's key exists: a (linearizable) read of the queue is
+        // enough, and cheaper than a transaction, which etcd commits through raft.
+        const range =
+          entry !== undefined
+            ? yield* readName(request.name)
+            : yield* etcd
+                .call("acquire", (c) =>
+                  c
+                    .if(key, "Create", "==", 0)
+                    .then(
+                      c.put(key).value(JSON.stringify(record)).lease(lease),
+                      c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend")
+                    )
+                    .else(c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend"))
+                    .commit()
+                )
+                .pipe(
+                  Effect.tapError(() => Effect.ignore(revoke(lease))),
+                  Effect.map((answer) => {
+                    const response = answer.responses[answer.succeeded ? 1 : 0]?.response_range
+                    return { kvs: response?.kvs ?? [], header: answer.header }
+                  })
+                )
+        const kvs = kvsOf(range.kvs)
         const index = kvs.findIndex((kv) => kv.key === key)
         if (index === -1) {
           // Our key vanished between put and read (its lease expired): nothing is held.
-          entries.delete(id)
+          forget(id)
           return Option.none()
         }
         const own = kvs[index]!
@@ -338,12 +377,14 @@ export const make = (
             ttlSeconds,
             createRevision: own.create,
             granted: false,
-            refreshedAt: leased?.at ?? Date.now()
+            refreshedAt: leased?.at ?? Date.now(),
+            lastRead: undefined,
+            watch: undefined
           }
           entries.set(id, entry)
         }
         const drop = Effect.suspend(() => {
-          entries.delete(id)
+          forget(id)
           return revoke(entry!.lease)
         })
         const other = kvs.find((kv) => kv.key !== key && kindOf(kv.record.mode) !== kindOf(request.mode))
@@ -364,7 +405,11 @@ export const make = (
             })
           }
         }
+        entry.lastRead = { revision: BigInt(range.header.revision), kvs }
+        if (entry.watch?.gone === true) entry.watch = undefined
         if (blockers(kvs, index).length === 0) {
+          entry.watch?.cancel()
+          entry.watch = undefined
           entry.granted = true
           return Option.some<Grant>({ token: own.create })
         }
@@ -396,7 +441,7 @@ export const make = (
         const sent = Date.now()
         const ttl = yield* etcd.call("extend", (c) => keepAlive(c, entry.lease))
         if (ttl <= 0) {
-          entries.delete(entryKey(name, owner))
+          forget(entryKey(name, owner))
           return "expired" as const
         }
         entry.refreshedAt = sent
@@ -413,7 +458,7 @@ export const make = (
           yield* etcd.call("release", (c) => c.delete().key(keyOf(name, owner)).exec())
           return false
         }
-        entries.delete(id)
+        forget(id)
         const pool = spares.get(entry.ttlSeconds) ?? []
         if (pool.length < 4 && Date.now() - entry.refreshedAt < (entry.ttlSeconds * 1000) / 3) {
           // The lease is fresh: delete just the key and keep the lease as a spare
@@ -429,45 +474,77 @@ export const make = (
         return entry.granted
       })
 
-    /** Waits until the key that blocks `owner` is deleted (or at once, if nothing blocks it now). */
+    /**
+     * Starts watching what blocks `entry` now (from the revision its last
+     * read saw): the key just before it, the last earlier writer, or (for
+     * permits) the deletion of any earlier key.
+     */
+    const watchBlocker = (
+      name: string,
+      entry: Entry,
+      last: NonNullable<Entry["lastRead"]>
+    ): BlockerWatch | undefined => {
+      const kvs = last.kvs
+      const index = kvs.findIndex((kv) => kv.key === entry.key)
+      if (index === -1) return undefined
+      const blocking = blockers(kvs, index)
+      if (blocking.length === 0) return undefined
+      const own = kvs[index]!.create
+      const single = blocking.length === 1 ? blocking[0]!.key : undefined
+      const watch: BlockerWatch = { gone: false, wakers: new Set(), cancel: () => {} }
+      let cancelled = false
+      const fire = () => {
+        if (watch.gone) return
+        watch.gone = true
+        watch.cancel()
+        for (const wake of watch.wakers) wake()
+        watch.wakers.clear()
+      }
+      watch.cancel = () => {
+        cancelled = true
+      }
+      const builder = etcd.client
+        .watch()
+        .startRevision((last.revision + 1n).toString())
+        .withPreviousKV()
+      ;(single !== undefined ? builder.key(single) : builder.prefix(namePrefix(name)))
+        .create()
+        .then((watcher) => {
+          const stop = () => void watcher.cancel().catch(() => undefined)
+          if (cancelled || watch.gone) return stop()
+          watch.cancel = stop
+          watcher.on("delete", (_kv, previous) => {
+            if (single !== undefined || previous === undefined || BigInt(previous.create_revision) < own) fire()
+          })
+          // A broken watch may have missed the deletion: the next attempt reads.
+          watcher.on("disconnected", fire)
+          watcher.on("error", fire)
+        })
+        .catch(fire)
+      return watch
+    }
+
+    /** Waits until what blocks `owner` is gone (or at once, if nothing blocks it now). */
     const waitTurn = (name: string, owner: string): Effect.Effect<void> =>
       Effect.gen(function* () {
-        const read = yield* Effect.result(readName(name))
-        if (read._tag === "Failure") return
-        const kvs = kvsOf(read.success.kvs)
-        const index = kvs.findIndex((kv) => kv.key === keyOf(name, owner))
-        if (index === -1) return
-        const blocking = blockers(kvs, index)
-        if (blocking.length === 0) return
-        const from = (BigInt(read.success.header.revision) + 1n).toString()
-        const own = kvs[index]!.create
-        const single = blocking.length === 1 ? blocking[0]!.key : undefined
-        yield* Effect.callback<void>((resume) => {
-          let closed = false
-          let cancel: (() => void) | undefined
-          const wake = () => {
-            if (closed) return
-            closed = true
-            cancel?.()
-            resume(Effect.void)
+        const entry = entries.get(entryKey(name, owner))
+        if (entry === undefined) return
+        if (entry.watch === undefined || entry.watch.gone) {
+          let last = entry.lastRead
+          if (last === undefined) {
+            const read = yield* Effect.result(readName(name))
+            if (read._tag === "Failure") return
+            last = { revision: BigInt(read.success.header.revision), kvs: kvsOf(read.success.kvs) }
           }
-          const builder = etcd.client.watch().startRevision(from).withPreviousKV()
-          const watching = single !== undefined ? builder.key(single) : builder.prefix(namePrefix(name))
-          watching
-            .create()
-            .then((watcher) => {
-              cancel = () => void watcher.cancel().catch(() => undefined)
-              if (closed) return cancel()
-              watcher.on("delete", (_kv, previous) => {
-                if (single !== undefined || previous === undefined || BigInt(previous.create_revision) < own) wake()
-              })
-              watcher.on("disconnected", wake)
-              watcher.on("error", wake)
-            })
-            .catch(wake)
+          entry.watch = watchBlocker(name, entry, last)
+        }
+        const watch = entry.watch
+        if (watch === undefined || watch.gone) return
+        yield* Effect.callback<void>((resume) => {
+          const wake = () => resume(Effect.void)
+          watch.wakers.add(wake)
           return Effect.sync(() => {
-            closed = true
-            cancel?.()
+            watch.wakers.delete(wake)
           })
         })
       })
