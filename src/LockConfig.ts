@@ -40,7 +40,11 @@ export type OnLost = "interrupt" | "ignore"
 export interface LockOptions {
   /** Lease time to live. Default 30 seconds (or `LOCK_DEFAULT_TTL`). */
   readonly ttl?: Duration.Input | undefined
-  /** Extension interval, at most `ttl / 2`; `false` for no heartbeat. Default `ttl / 3`. */
+  /**
+   * Extension interval, below `ttl / 2` (a lease is declared lost when half
+   * its TTL passed without an extension, so a beat at ttl/2 could never land
+   * in time); `false` for no heartbeat. Default `ttl / 3`.
+   */
   readonly heartbeat?: Duration.Input | false | undefined
   /** Retry schedule while contended or while the backend fails. Default: exponential from 25 ms, capped at 1 s, jittered. */
   readonly retry?: RetrySchedule | undefined
@@ -229,8 +233,8 @@ export const resolve = (options: LockOptions | undefined): Effect.Effect<Resolve
       heartbeatMillis = Math.max(1, Math.floor(ttlMillis / 3))
     } else {
       heartbeatMillis = yield* durationMillis("heartbeat", opts.heartbeat)
-      if (heartbeatMillis > ttlMillis / 2) {
-        return yield* invalid("heartbeat", `must be at most ttl / 2 (${ttlMillis / 2} ms), got ${heartbeatMillis} ms`)
+      if (heartbeatMillis >= ttlMillis / 2) {
+        return yield* invalid("heartbeat", `must be below ttl / 2 (${ttlMillis / 2} ms), got ${heartbeatMillis} ms`)
       }
     }
     let timeoutMillis: number | undefined

@@ -109,12 +109,14 @@ describe("option validation", () => {
       yield* expectInvalid("ttl", lock("t", { ttl: "soon" as Duration.Input }))
       yield* expectInvalid("heartbeat", lock("t", { ttl: "1 second", heartbeat: "1 second" }))
       yield* expectInvalid("heartbeat", lock("t", { ttl: "1 second", heartbeat: "501 millis" }))
+      // A beat at ttl/2 is due exactly when the lease is declared lost.
+      yield* expectInvalid("heartbeat", lock("t", { ttl: "1 second", heartbeat: "500 millis" }))
       yield* expectInvalid("heartbeat", lock("t", { ttl: "1 second", heartbeat: 0 }))
       yield* expectInvalid("timeout", lock("t", { timeout: -1 }))
       yield* expectInvalid("maxHold", lock("t", { maxHold: 0 }))
       yield* expectInvalid("onLost", lock("t", { onLost: "retry" as LockConfig.OnLost }))
       // The bounds themselves are fine.
-      const lease = yield* Lock.scoped("t", { ttl: "1 second", heartbeat: "500 millis", timeout: 0 })
+      const lease = yield* Lock.scoped("t", { ttl: "1 second", heartbeat: "499 millis", timeout: 0 })
       assert.deepStrictEqual(yield* lease.state, { _tag: "Held", expiresAt: 1_000 })
     }).pipe(Effect.provide(MemoryBackend.layer))
   )

@@ -23,7 +23,10 @@
  *   just before it, or the last earlier writer), from the revision it read:
  *   no missed event, no herd, FIFO.
  * - Extension is a lease keep-alive; a TTL of 0 in the answer means the lease
- *   expired (`expired`). Release revokes the lease, which deletes the key.
+ *   expired (`expired`). Release deletes the key and keeps a fresh lease as a
+ *   spare (else revokes it); a grant on a lease not granted in that very call
+ *   keeps it alive in parallel, so the server never expires a grant before
+ *   its holder expects.
  *
  * **Gotchas**
  *
@@ -302,6 +305,7 @@ export const make = (
     ): Effect.Effect<Option.Option<Grant>, LockBackendUnavailable | InvalidLockRequest> =>
       Effect.gen(function* () {
         yield* checkName(request.name)
+        const started = Date.now()
         const ttlSeconds = Math.max(1, Math.ceil(request.ttlMillis / 1000))
         const id = entryKey(request.name, request.owner)
         const key = keyOf(request.name, request.owner)
@@ -317,17 +321,6 @@ export const make = (
           // Still blocked: the watch on what blocks it has seen no deletion.
           return Option.none()
         }
-        if (entry !== undefined && Date.now() - entry.refreshedAt >= (entry.ttlSeconds * 1000) / 3) {
-          // A repeated attempt (a waiter's refresh, or a retry) keeps its lease alive.
-          const sent = Date.now()
-          const ttl = yield* etcd.call("extend", (c) => keepAlive(c, entry!.lease))
-          if (ttl <= 0) {
-            forget(id)
-            entry = undefined
-          } else {
-            entry.refreshedAt = sent
-          }
-        }
         const leased = entry === undefined ? yield* leaseFor(ttlSeconds) : undefined
         const lease = entry?.lease ?? leased!.id
         const now = yield* Clock.currentTimeMillis
@@ -341,10 +334,10 @@ export const make = (
         }
         // A queued request's key exists: a (linearizable) read of the queue is
         // enough, and cheaper than a transaction, which etcd commits through raft.
-        const range =
+        const read =
           entry !== undefined
-            ? yield* readName(request.name)
-            : yield* etcd
+            ? readName(request.name)
+            : etcd
                 .call("acquire", (c) =>
                   c
                     .if(key, "Create", "==", 0)
@@ -362,6 +355,19 @@ export const make = (
                     return { kvs: response?.kvs ?? [], header: answer.header }
                   })
                 )
+        // The core counts the lease from when it sent this request: a lease
+        // not granted within this call is kept alive now (in parallel), so
+        // that the server never expires a grant before the holder expects.
+        const fresh = leased !== undefined && leased.at >= started
+        const [ttlLeft, range] = yield* Effect.all(
+          [fresh ? Effect.succeed(ttlSeconds) : etcd.call("extend", (c) => keepAlive(c, lease)), read],
+          { concurrency: 2 }
+        )
+        if (ttlLeft <= 0) {
+          // The lease expired (and its key with it): nothing is held or queued.
+          forget(id)
+          return Option.none()
+        }
         const kvs = kvsOf(range.kvs)
         const index = kvs.findIndex((kv) => kv.key === key)
         if (index === -1) {
@@ -377,11 +383,13 @@ export const make = (
             ttlSeconds,
             createRevision: own.create,
             granted: false,
-            refreshedAt: leased?.at ?? Date.now(),
+            refreshedAt: fresh ? leased!.at : started,
             lastRead: undefined,
             watch: undefined
           }
           entries.set(id, entry)
+        } else {
+          entry.refreshedAt = started
         }
         const drop = Effect.suspend(() => {
           forget(id)
@@ -503,10 +511,11 @@ export const make = (
       watch.cancel = () => {
         cancelled = true
       }
-      const builder = etcd.client
-        .watch()
-        .startRevision((last.revision + 1n).toString())
-        .withPreviousKV()
+      // Watched from now (a watch from an older revision is replayed by etcd's
+      // slower catch-up loop), then the name read again: a deletion between
+      // the last read and the watch is found by the read, any later one by
+      // the watch.
+      const builder = etcd.client.watch().withPreviousKV()
       ;(single !== undefined ? builder.key(single) : builder.prefix(namePrefix(name)))
         .create()
         .then((watcher) => {
@@ -519,6 +528,18 @@ export const make = (
           // A broken watch may have missed the deletion: the next attempt reads.
           watcher.on("disconnected", fire)
           watcher.on("error", fire)
+          return etcd.client
+            .getAll()
+            .prefix(namePrefix(name))
+            .sort("Create", "Ascend")
+            .exec()
+            .then((response) => {
+              const now = kvsOf(response.kvs)
+              const at = now.findIndex((kv) => kv.key === entry.key)
+              const still =
+                at !== -1 && (single !== undefined ? now.some((kv) => kv.key === single) : blockers(now, at).length > 0)
+              if (!still) fire()
+            })
         })
         .catch(fire)
       return watch
