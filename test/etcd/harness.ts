@@ -8,6 +8,7 @@ import { type Duration, Effect, Layer } from "effect"
 import type { LockBackend } from "../../src/index.ts"
 import { EtcdBackend, EtcdClient } from "../../src/etcd/index.ts"
 import { type EtcdCluster, startEtcd } from "../support/EtcdServer.ts"
+import { eventually } from "../support/eventually.ts"
 
 let counter = 0
 const runId = Math.random().toString(36).slice(2, 8)
@@ -39,20 +40,7 @@ export const backendLayer = (
     Layer.provide(EtcdClient.layer({ endpoints, callTimeout: options.callTimeout ?? "2 seconds" }))
   )
 
-/** Retries `check` every 20 ms of real time for up to `millis`. */
-export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, millis = 3000): Effect.Effect<A, E, R> =>
-  Effect.suspend(() => {
-    const deadline = Date.now() + millis
-    const loop: Effect.Effect<A, E, R> = Effect.catch(check, (error) =>
-      Date.now() >= deadline
-        ? Effect.fail(error)
-        : Effect.andThen(
-            Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20))),
-            loop
-          )
-    )
-    return loop
-  })
+export { eventually }
 
 /** Keys under `prefix` on the server. */
 export const keysUnder = (server: EtcdCluster, prefix: string) => Effect.promise(() => server.keys(prefix))

@@ -4,25 +4,11 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { spawn } from "node:child_process"
 import { SqlClient } from "effect/sql/SqlClient"
 import { LOCK_NAMES, RW_NAME, SEMAPHORE_LIMIT, SEMAPHORE_NAME } from "../../demo/demo.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
+import { assertCleanSummary, runDemoProcess } from "../support/demoProcess.ts"
 import { admin, eventually, url } from "./harness.ts"
-
-/** Runs demo/main.ts with the given environment; resolves with its exit code and output. */
-const runDemoProcess = (env: Record<string, string>) =>
-  Effect.callback<{ readonly code: number | null; readonly output: string }>((resume) => {
-    const child = spawn(process.execPath, ["demo/main.ts"], {
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
-    child.on("close", (code) => resume(Effect.succeed({ code, output })))
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
 
 /** Advisory locks on the server for the demo's names. */
 const demoLocks = Effect.gen(function* () {
@@ -40,15 +26,12 @@ const demoLocks = Effect.gen(function* () {
 describe("demo on PostgreSQL", () => {
   it.live("LOCK_PROVIDER=postgres npm run demo: no violation, tokens increasing, nothing left on the server", () =>
     Effect.gen(function* () {
-      const { code, output } = yield* runDemoProcess({
+      const run = yield* runDemoProcess({
         LOCK_PROVIDER: "postgres",
         LOCK_POSTGRES_URL: url,
         DEMO_DURATION_MS: "1500"
       })
-      assert.strictEqual(code, 0, output)
-      assert.include(output, "on the postgres backend")
-      assert.include(output, "violations: 0")
-      assert.include(output, "fencing tokens strictly increasing on every exclusive name: yes")
+      assertCleanSummary("postgres", run)
       assert.strictEqual(yield* eventually(demoLocks, 0), 0)
     })
   )

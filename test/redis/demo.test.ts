@@ -6,34 +6,16 @@
  * while the demo runs, and nothing may be left under it afterwards.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Effect, Fiber } from "effect"
 import { afterAll } from "vitest"
 import { LOCK_NAMES, RW_NAME, SEMAPHORE_NAME } from "../../demo/demo.ts"
+import { assertCleanSummary, runDemoProcess } from "../support/demoProcess.ts"
 import * as RedisServer from "../support/RedisServer.ts"
 import { assertNothingLeft, eventually, freshPrefix, keysUnder, subscribersOf, url } from "./harness.ts"
-
-const repoRoot = fileURLToPath(new URL("../../", import.meta.url))
 
 const servers = await RedisServer.startMany(3)
 const redlockUrls = servers.map((server) => server.url)
 afterAll(() => Promise.all(servers.map((server) => server.stop())))
-
-/** Runs demo/main.ts with the given environment; resolves with its exit code and output. */
-const runDemoProcess = (env: Record<string, string>) =>
-  Effect.callback<{ readonly code: number | null; readonly output: string }>((resume) => {
-    const child = spawn(process.execPath, ["demo/main.ts"], {
-      cwd: repoRoot,
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
-    child.on("close", (code) => resume(Effect.succeed({ code, output })))
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
 
 /** The demo's names seen under `prefix` on a server while it runs, and its subscriber there. */
 const seenWhileRunning = (prefix: string, target: string) =>
@@ -59,14 +41,9 @@ const expectCleanRun = (backend: string, env: Record<string, string>, prefix: st
     const seen = yield* Effect.forEach(targets, (target) => seenWhileRunning(prefix, target), {
       concurrency: "unbounded"
     })
-    const { code, output } = yield* Fiber.join(run)
-    assert.strictEqual(code, 0, output)
-    assert.include(output, `, ${backend} backend,`)
-    assert.include(output, `on the ${backend} backend`)
-    assert.include(output, "leases lost: 0; left on the backend after shutdown: 0 holders, 0 waiters")
-    assert.match(output, /^violations: 0 \(overlaps 0, stale operations rejected 0, reader\/writer conflicts 0\)$/m)
-    assert.include(output, "fencing tokens strictly increasing on every exclusive name: yes")
-    assert.strictEqual(output.trimEnd().split("\n").at(-1), "OK")
+    const result = yield* Fiber.join(run)
+    assertCleanSummary(backend, result)
+    assert.include(result.output, `, ${backend} backend,`)
     const demoNames: ReadonlyArray<string> = [...LOCK_NAMES, RW_NAME, SEMAPHORE_NAME]
     for (const { names, subscribers } of seen) {
       for (const name of names) assert.include(demoNames, name)

@@ -8,6 +8,7 @@ import * as Redis from "effect/persistence/Redis"
 import type { LockBackend } from "../../src/index.ts"
 import { RedisBackend, RedlockBackend } from "../../src/redis/index.ts"
 import { redisUrl } from "../support/servers.ts"
+import { eventually } from "../support/eventually.ts"
 
 /** The shared test server's URL (env `LOCK_TEST_REDIS_URL`, else the local server, else a container). */
 export const url = await redisUrl()
@@ -67,23 +68,7 @@ export const keysUnder = (prefix: string, target: string = url) =>
 export const subscribersOf = (prefix: string, target: string = url) =>
   Effect.map(send<[string, number]>("PUBSUB", ["NUMSUB", `${prefix}changes`], target), (reply) => Number(reply[1]))
 
-/**
- * Retries `check` (a failing effect) every 20 ms of real time for up to
- * `millis`: the server's expiries run on its clock, also under `TestClock`.
- */
-export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, millis = 3000): Effect.Effect<A, E, R> =>
-  Effect.suspend(() => {
-    const deadline = Date.now() + millis
-    const loop: Effect.Effect<A, E, R> = Effect.catch(check, (error) =>
-      Date.now() >= deadline
-        ? Effect.fail(error)
-        : Effect.andThen(
-            Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20))),
-            loop
-          )
-    )
-    return loop
-  })
+export { eventually }
 
 /**
  * Nothing under `prefix` on the server: no key (counters expire a few
