@@ -23,7 +23,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import {
-  Cause,
   ConfigProvider,
   Deferred,
   Duration,
@@ -44,12 +43,13 @@ import {
   LockBackend,
   LockConfig,
   type LockError,
-  type LockLost,
   ReadWriteLock
 } from "../../src/index.ts"
 import { EtcdBackend } from "../../src/etcd/index.ts"
 import { FaultyBackend, FencedResource } from "../../src/testing/index.ts"
+import * as Checks from "../support/backendChecks.ts"
 import { type EtcdCluster, startEtcd } from "../support/EtcdServer.ts"
+import { holdInFiber, insideWithLock, lockLostOf, watchLastGood } from "../support/leases.ts"
 import * as TcpProxy from "../support/TcpProxy.ts"
 import { assertNothingLeft, backendLayer, eventually, freshPrefix, keysUnder, leasesOf } from "./harness.ts"
 
@@ -153,10 +153,6 @@ const onServer = <A, E>(
 /** The failure of `effect` (fails the test when it succeeds). */
 const failureOf = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.flip(effect)
 
-/** The `LockLost` a fiber failed with, if any. */
-const lockLostOf = (exit: Exit.Exit<unknown, unknown>): LockLost | undefined =>
-  Exit.isFailure(exit) ? (Option.getOrUndefined(Cause.findErrorOption(exit.cause)) as LockLost | undefined) : undefined
-
 /** The etcd3 client logs nothing, but the core logs unhandled detached failures: expected in the fault tests. */
 const quiet = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.provideService(effect, References.MinimumLogLevel, "Error")
@@ -168,52 +164,6 @@ const waitersReach = (name: string, count: number) =>
       check(inspection.waiters.length === count, `${inspection.waiters.length} waiters, not ${count}`)
     )
   )
-
-/**
- * Holds `name` in a forked fiber whose critical section never ends on its
- * own: it fails with `LockLost` once the lease is lost. Returns the fiber and
- * the lease.
- */
-const holdInFiber = (name: string, ttl: Duration.Duration) =>
-  Effect.gen(function* () {
-    const published = yield* Deferred.make<Lease.Lease>()
-    const holder = yield* Effect.forkChild(
-      Effect.scoped(
-        Effect.gen(function* () {
-          const lease = yield* Lock.scoped(name, { ttl, onLost: "ignore" })
-          yield* Deferred.succeed(published, lease)
-          return yield* Lock.runHeld(lease, Effect.never, "interrupt")
-        })
-      )
-    )
-    return { holder, lease: yield* Deferred.await(published) }
-  })
-
-/**
- * Records, until the lease is no longer held, the last moment it was known
- * good (`expiresAt - ttl`: when its last successful extension was sent).
- */
-const watchLastGood = (lease: Lease.Lease, ttlMillis: number) =>
-  Effect.gen(function* () {
-    const seen = { lastGood: lease.acquiredAt, extensions: 0 }
-    const first = yield* lease.state
-    if (first._tag === "Held") seen.lastGood = first.expiresAt - ttlMillis
-    const fiber = yield* Effect.forkChild(
-      Effect.gen(function* () {
-        while (true) {
-          const state = yield* lease.state
-          if (state._tag !== "Held") return
-          const good = state.expiresAt - ttlMillis
-          if (good > seen.lastGood) {
-            seen.lastGood = good
-            seen.extensions++
-          }
-          yield* Effect.sleep("5 millis")
-        }
-      })
-    )
-    return { seen, fiber }
-  })
 
 /**
  * A waiter on the backend in context, through a wrapper that counts its
@@ -240,9 +190,6 @@ const countedWaiter = (acquire: Effect.Effect<Lease.Lease, LockError, LockBacken
     yield* eventually(Effect.suspend(() => check(answered.tryAcquire >= 2, "the waiter is not queued yet")))
     return { granted: Deferred.await(granted), fiber, calls: control.calls }
   })
-
-/** One exclusive acquisition, released at once. */
-const lock = (name: string, options?: LockConfig.LockOptions) => Effect.scoped(Lock.scoped(name, options))
 
 /** `LockBackend.layerConfig` reading the given variables only. */
 const fromEnv = (env: Record<string, string>) =>
@@ -636,21 +583,10 @@ describe("EtcdBackend: nothing left behind", () => {
           yield* holder.release
 
           // Holding.
-          const entered = yield* Deferred.make<void>()
-          const finalized = yield* Deferred.make<void>()
-          const inside = yield* Effect.forkChild(
-            Lock.withLock(name, { ttl: "10 seconds" })(
-              Effect.andThen(Deferred.succeed(entered, undefined), Effect.never).pipe(
-                Effect.ensuring(Deferred.succeed(finalized, undefined))
-              )
-            )
-          )
-          yield* Deferred.await(entered)
+          const inside = yield* insideWithLock(name, { ttl: "10 seconds" })
           const held = yield* rawRange(server, prefix)
           assert.strictEqual(held.length, 1)
-          yield* Fiber.interrupt(inside)
-          assert.isTrue(Exit.hasInterrupts(yield* Fiber.await(inside)))
-          assert.isTrue(yield* Deferred.isDone(finalized), "the critical section was stopped")
+          yield* inside.interrupt
           assert.deepStrictEqual(yield* keysUnder(server, prefix), [], "the key outlived the interruption")
           assert.deepStrictEqual(
             (yield* leaseKeys(server, held[0]!.lease)) ?? [],
@@ -670,42 +606,14 @@ describe("EtcdBackend: bad input", () => {
       onServer("bad", (prefix) =>
         Effect.gen(function* () {
           const leasesBefore = yield* leasesOf(server)
-          const invalid = <A, E, R>(field: string, effect: Effect.Effect<A, E, R>) =>
-            Effect.gen(function* () {
-              const error = yield* failureOf(effect)
-              assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
-              assert.deepStrictEqual(yield* keysUnder(server, prefix), [], `${field}: keys written`)
-            })
-          yield* invalid("name", lock(""))
-          yield* invalid("name", lock("x".repeat(1025)))
-          yield* invalid("name", lock("é".repeat(513)))
-          yield* invalid("name", lock("\uD800"))
+          const invalid = Checks.invalidChecker(keysUnder(server, prefix))
+          yield* Checks.badNames(invalid)
           yield* invalid("name", Effect.scoped(Lock.tryScoped("")))
           yield* invalid("name", Effect.scoped(ReadWriteLock.read("ok-\uDC00")))
           yield* invalid("name", Effect.scoped(DistributedSemaphore.scoped("", { limit: 2 })))
-          yield* invalid("ttl", lock("t", { ttl: 0 }))
-          yield* invalid("ttl", lock("t", { ttl: -1 }))
-          yield* invalid("ttl", lock("t", { ttl: "-5 seconds" }))
-          yield* invalid("heartbeat", lock("t", { ttl: "2 seconds", heartbeat: "1001 millis" }))
-          yield* invalid("limit", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 0 })))
-          yield* invalid("limit", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 1.5 })))
-          yield* invalid("permits", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 2, permits: 3 })))
-          yield* invalid("permits", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 2, permits: 0 })))
-          // The backend refuses a lone surrogate itself (it cannot be sent as UTF-8), also when called directly.
-          const backend = yield* LockBackend
-          yield* invalid(
-            "name",
-            backend.tryAcquire({
-              name: "\uD83D",
-              owner: "direct/1",
-              mode: "exclusive",
-              permits: 1,
-              limit: 1,
-              ttlMillis: 1_000,
-              metadata: {},
-              queue: false
-            })
-          )
+          yield* Checks.badTtls(invalid)
+          yield* invalid("heartbeat", Checks.lock("t", { ttl: "2 seconds", heartbeat: "1001 millis" }))
+          yield* Checks.badSizesAndDirectName(invalid)
           // None of them reached the server: not even a lease was granted.
           assert.deepStrictEqual(
             (yield* leasesOf(server)).filter((lease) => !leasesBefore.includes(lease)),
@@ -740,15 +648,7 @@ describe("EtcdBackend: bad input", () => {
           assert.deepInclude(yield* failureOf(real.extend()), { _tag: "LockNotHeld", state: "released" })
 
           // Twice.
-          const once = yield* Lock.scoped("twice")
-          yield* once.release
-          assert.deepInclude(yield* failureOf(once.release), {
-            _tag: "LockNotHeld",
-            name: "twice",
-            owner: once.owner,
-            state: "released"
-          })
-          assert.deepStrictEqual(yield* LockBackend.inspect("twice"), { holders: [], waiters: [] })
+          yield* Checks.assertReleasedTwice("twice")
           assert.deepStrictEqual(yield* keysUnder(server, prefix), [])
 
           // After expiry: no heartbeat, the lease runs out on the server, and someone else takes the name.
@@ -843,104 +743,30 @@ describe("EtcdBackend: inspection", () => {
           const before = Date.now()
           const odd = { "a/b": "c%2Fd e", role: "holder", "🔒": "é" }
           const ex = yield* Lock.scoped("ex", { ttl: "30 seconds", metadata: odd })
-          const exView = yield* LockBackend.inspect("ex")
-          assert.strictEqual(exView.holders.length, 1)
-          const h = exView.holders[0]!
-          assert.deepInclude(h, {
-            name: "ex",
-            owner: ex.owner,
-            mode: "exclusive",
-            permits: 1,
-            limit: 1,
-            token: ex.token,
-            metadata: odd
-          })
-          assert.isAtLeast(h.acquiredAt, before - 1_000)
-          assert.isAtMost(h.acquiredAt, Date.now() + 1_000)
-          assert.isDefined(h.expiresAt)
-          assert.isAbove(h.expiresAt!, Date.now())
-          assert.isAtMost(h.expiresAt!, Date.now() + 31_000)
+          Checks.assertExclusiveHolder((yield* LockBackend.inspect("ex")).holders, "ex", ex, odd, before)
 
           // A waiter shows up while it waits, and is the one granted next.
-          const exWaiter = yield* Effect.forkChild(
-            Effect.scoped(
-              Effect.map(
-                Lock.scoped("ex", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "waiter" } }),
-                (lease) => lease.owner
-              )
-            )
-          )
+          const exWaiter = yield* Checks.forkWaiter("ex", hourRetry)
           yield* waitersReach("ex", 1)
           const queued = (yield* LockBackend.inspect("ex")).waiters[0]!
           assert.deepInclude(queued, { name: "ex", mode: "exclusive", permits: 1, metadata: { role: "waiter" } })
           assert.notStrictEqual(queued.owner, ex.owner)
           assert.isAtLeast(queued.since!, before - 1_000)
-          yield* ex.release
-          assert.strictEqual(yield* Fiber.join(exWaiter), queued.owner, "the waiter shown is the one granted next")
-          assert.deepStrictEqual(yield* LockBackend.inspect("ex"), { holders: [], waiters: [] })
+          yield* Checks.assertHandedToQueued("ex", ex, exWaiter, queued)
 
           // Read-write: two readers hold, a writer waits, a later reader queues behind it.
-          const r1 = yield* ReadWriteLock.read("rw", { metadata: { role: "r1" } })
-          const r2 = yield* ReadWriteLock.read("rw", { metadata: { role: "r2" } })
-          const writer = yield* Effect.forkChild(
-            Effect.scoped(
-              ReadWriteLock.write("rw", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "w" } })
-            )
-          )
+          const { r1, r2, writer } = yield* Checks.readersAndWriter(hourRetry)
           yield* waitersReach("rw", 1)
-          const late = yield* Effect.forkChild(
-            Effect.scoped(
-              ReadWriteLock.read("rw", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "late" } })
-            )
-          )
+          const late = yield* Checks.forkLateReader(hourRetry)
           yield* waitersReach("rw", 2)
           const rw = yield* LockBackend.inspect("rw")
-          assert.deepStrictEqual(
-            rw.holders.map((r) => [r.name, r.owner, r.mode, r.permits, r.limit, r.token, r.metadata]),
-            [
-              ["rw", r1.owner, "shared", 1, 1, r1.token, { role: "r1" }],
-              ["rw", r2.owner, "shared", 1, 1, r2.token, { role: "r2" }]
-            ]
-          )
-          for (const reader of rw.holders) {
-            assert.isAbove(reader.expiresAt!, Date.now())
-            assert.isAtMost(reader.expiresAt!, Date.now() + 31_000)
-          }
-          assert.deepStrictEqual(
-            rw.waiters.map((w) => [w.name, w.mode, w.permits, w.metadata]),
-            [
-              ["rw", "exclusive", 1, { role: "w" }],
-              ["rw", "shared", 1, { role: "late" }]
-            ]
-          )
+          Checks.assertReadWriteView(rw.holders, rw.waiters, r1, r2)
 
           // Semaphore: permits per holder, the agreed limit, a waiter for more than is left.
-          const s1 = yield* DistributedSemaphore.scoped("sem", { limit: 3, permits: 2, metadata: { role: "s1" } })
-          const s2 = yield* DistributedSemaphore.scoped("sem", { limit: 3, metadata: { role: "s2" } })
-          const semWaiter = yield* Effect.forkChild(
-            Effect.scoped(
-              DistributedSemaphore.scoped("sem", {
-                limit: 3,
-                permits: 2,
-                retry: hourRetry,
-                timeout: "20 seconds",
-                metadata: { role: "s3" }
-              })
-            )
-          )
+          const { s1, s2, semWaiter } = yield* Checks.semaphoreWithWaiter(hourRetry)
           yield* waitersReach("sem", 1)
           const sem = yield* LockBackend.inspect("sem")
-          assert.deepStrictEqual(
-            sem.holders.map((x) => [x.name, x.owner, x.mode, x.permits, x.limit, x.token, x.metadata]),
-            [
-              ["sem", s1.owner, "permits", 2, 3, s1.token, { role: "s1" }],
-              ["sem", s2.owner, "permits", 1, 3, s2.token, { role: "s2" }]
-            ]
-          )
-          assert.deepStrictEqual(
-            sem.waiters.map((w) => [w.name, w.mode, w.permits, w.metadata]),
-            [["sem", "permits", 2, { role: "s3" }]]
-          )
+          Checks.assertSemaphoreView(sem.holders, sem.waiters, s1, s2)
           assert.strictEqual(yield* DistributedSemaphore.available("sem"), 0)
 
           // Every token is its key's create revision, strictly increasing in the order of the grants.
@@ -1018,22 +844,10 @@ describe("EtcdBackend: inspection", () => {
           }
 
           // Inspection returns the names and owners exactly as given.
-          const { holders } = yield* LockBackend.inspect()
-          assert.deepStrictEqual(holders.map((h) => h.name).toSorted(), [...hostile].toSorted())
-          for (const [i, name] of hostile.entries()) {
-            const one = (yield* LockBackend.inspect(name)).holders
-            assert.deepStrictEqual(
-              one.map((h) => [h.name, h.owner, h.token, h.metadata]),
-              [[name, leases[i]!.owner, leases[i]!.token, { name }]]
-            )
-          }
+          yield* Checks.assertNamesComeBack(hostile, leases)
 
           // A waiter on each name (one-hour retry) is woken by the release of that name's holder.
-          const waiters = yield* Effect.forEach(hostile, (name) =>
-            Effect.forkChild(
-              Effect.scoped(Effect.map(Lock.scoped(name, { retry: hourRetry, timeout: "10 seconds" }), (l) => l.token))
-            )
-          )
+          const waiters = yield* Checks.forkTokenWaiters(hostile, hourRetry)
           yield* eventually(
             Effect.flatMap(LockBackend.inspect(), ({ waiters: queued }) =>
               check(queued.length === hostile.length, `${queued.length} queued`)
@@ -1041,9 +855,7 @@ describe("EtcdBackend: inspection", () => {
           )
           const queued = (yield* LockBackend.inspect()).waiters
           assert.deepStrictEqual(queued.map((w) => w.name).toSorted(), [...hostile].toSorted())
-          yield* Effect.forEach(leases, (lease) => lease.release, { concurrency: "unbounded", discard: true })
-          const tokens = yield* Fiber.joinAll(waiters)
-          for (const [i, token] of tokens.entries()) assert.isTrue(token > leases[i]!.token, hostile[i])
+          yield* Checks.assertEachWaiterWoken(hostile, leases, waiters)
         }).pipe(
           Effect.provideService(LockConfig.LockDefaults, {
             ttl: Duration.seconds(30),
@@ -1080,11 +892,7 @@ describe("EtcdBackend: configuration (LOCK_PROVIDER=etcd)", () => {
           assert.isTrue(lease.owner.startsWith("configured-owner/"), lease.owner)
           // Not under the default prefix.
           assert.deepStrictEqual(yield* keysUnder(server, `${EtcdBackend.defaultPrefix}${name}/`), [])
-          assert.deepStrictEqual(
-            (yield* LockBackend.inspect()).holders.map((h) => [h.name, h.owner]),
-            [[name, lease.owner]]
-          )
-          yield* lease.release
+          yield* Checks.assertSoleHolderThenRelease(name, lease)
         }).pipe(
           Effect.scoped,
           Effect.provide(

@@ -18,35 +18,27 @@
  *   keeps it (heartbeat running) until it is killed.
  */
 import { Effect, Layer } from "effect"
-import { Lock } from "../../src/index.ts"
 import { EtcdBackend, EtcdClient } from "../../src/etcd/index.ts"
+import {
+  type FencedSummary,
+  type FencedWorkerOptions,
+  type FenceStep,
+  fencedWorker,
+  parseOptions,
+  runWorker
+} from "../support/childWorker.ts"
 
 /** What the parent passes. */
-export interface ChildOptions {
+export interface ChildOptions extends FencedWorkerOptions {
   readonly endpoints: ReadonlyArray<string>
   /** The lock backend's key prefix. */
   readonly prefix: string
   /** The fenced resource's key prefix (outside the backend's): `<fence>state` and `<fence>log/...`. */
   readonly fence: string
-  readonly name: string
-  readonly worker: string
-  readonly mode: "contend" | "hold"
-  readonly fibers: number
-  readonly iterations: number
-  /** Lease TTL in milliseconds. */
-  readonly ttlMillis: number
 }
 
 /** What the child prints at the end of `contend`. */
-export interface ChildSummary {
-  readonly worker: string
-  readonly pid: number
-  readonly sections: number
-  readonly accepted: number
-  readonly refused: number
-  /** Tokens of this worker's critical sections, as decimal strings, in the order they entered. */
-  readonly tokens: ReadonlyArray<string>
-}
+export type ChildSummary = FencedSummary
 
 /** The fenced resource's state: the highest token admitted, the token inside ("" for nobody), the writes accepted. */
 export interface FenceState {
@@ -54,9 +46,6 @@ export interface FenceState {
   readonly inside: string
   readonly writes: number
 }
-
-/** A step of a critical section through the fence. */
-export type FenceStep = "enter" | "write" | "exit"
 
 /**
  * The fence's rules. Each step is logged as `<event>|<worker>|<token>`.
@@ -90,26 +79,9 @@ const decide = (
 /** The fence before its first step. */
 const initialFence: FenceState = { highest: "0", inside: "", writes: 0 }
 
-const parse = (raw: string | undefined): ChildOptions => {
-  if (raw === undefined) throw new Error("usage: child.ts <json options>")
-  return JSON.parse(raw) as ChildOptions
-}
+const options = parseOptions<ChildOptions>(process.argv[2])
 
-const options = parse(process.argv[2])
-
-/** Waits for the parent's go (a line on stdin, or its end). */
-const awaitGo = Effect.callback<void>((resume) => {
-  const go = () => {
-    process.stdin.off("data", go)
-    process.stdin.off("end", go)
-    process.stdin.pause()
-    resume(Effect.void)
-  }
-  process.stdin.on("data", go)
-  process.stdin.on("end", go)
-})
-
-const contend = Effect.gen(function* () {
+const fence = Effect.gen(function* () {
   const etcd = yield* EtcdClient.EtcdClient
   const stateKey = `${options.fence}state`
   let logged = 0
@@ -136,82 +108,11 @@ const contend = Effect.gen(function* () {
       }
     })
 
-  const tokens: Array<string> = []
-  let accepted = 0
-  let refused = 0
-
-  const section = Effect.scoped(
-    Effect.gen(function* () {
-      // The loss signal is watched by runHeld below, as Lock.withLock does: a lost lease fails the section.
-      const lease = yield* Lock.scoped(options.name, {
-        ttl: options.ttlMillis,
-        timeout: "60 seconds",
-        onLost: "ignore",
-        metadata: { worker: options.worker }
-      })
-      const token = lease.token
-      yield* Lock.runHeld(
-        lease,
-        Effect.gen(function* () {
-          tokens.push(token.toString())
-          const entered = yield* step("enter", token)
-          // Stay inside a little, yielding to the other fibers and (through the round trip) to the other process.
-          yield* etcd.call("fence", (c) => c.get(stateKey).exec())
-          yield* Effect.yieldNow
-          const written = yield* step("write", token)
-          if (entered === "enter" && written === "write") accepted++
-          else refused++
-          yield* step("exit", token)
-        }),
-        "interrupt"
-      )
-    })
-  )
-
-  yield* Effect.forEach(
-    Array.from({ length: options.fibers }, (_, i) => i),
-    () => Effect.repeat(section, { times: options.iterations - 1 }),
-    { concurrency: "unbounded", discard: true }
-  )
-  const summary: ChildSummary = {
-    worker: options.worker,
-    pid: process.pid,
-    sections: tokens.length,
-    accepted,
-    refused,
-    tokens
-  }
-  process.stdout.write(`${JSON.stringify(summary)}\n`)
-})
-
-const hold = Effect.scoped(
-  Effect.gen(function* () {
-    const lease = yield* Lock.scoped(options.name, {
-      ttl: options.ttlMillis,
-      timeout: "30 seconds",
-      onLost: "ignore",
-      metadata: { worker: options.worker }
-    })
-    process.stdout.write(`${JSON.stringify({ held: lease.token.toString() })}\n`)
-    // Held (and extended by the heartbeat) until the parent kills the process.
-    return yield* Effect.never
-  })
-)
-
-const program = Effect.gen(function* () {
-  // The layer is up: tell the parent, and start when every process is.
-  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
-  yield* awaitGo
-  yield* options.mode === "hold" ? hold : contend
+  // Stay inside a little: a round trip after entering.
+  return { step, afterEnter: etcd.call("fence", (c) => c.get(stateKey).exec()), beforeExit: Effect.void }
 })
 
 const client = EtcdClient.layer({ endpoints: options.endpoints })
 const layer = EtcdBackend.layer({ prefix: options.prefix }).pipe(Layer.provideMerge(client))
 
-Effect.runPromise(program.pipe(Effect.provide(layer))).then(
-  () => {},
-  (error: unknown) => {
-    process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`)
-    process.exitCode = 1
-  }
-)
+runWorker(fencedWorker(options, "60 seconds", fence).pipe(Effect.provide(layer)))

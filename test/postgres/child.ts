@@ -16,6 +16,7 @@ import { Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { Lock } from "../../src/index.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
+import { parseOptions, printLine, readyThenGo, runSections, runWorker, summaryOf } from "../support/childWorker.ts"
 
 /** What the parent passes. */
 export interface ChildOptions {
@@ -43,8 +44,7 @@ export interface ChildSummary {
 const identifier = /^[a-z_][a-z0-9_]{0,62}$/
 
 const parse = (raw: string | undefined): ChildOptions => {
-  if (raw === undefined) throw new Error("usage: child.ts <json options>")
-  const options = JSON.parse(raw) as ChildOptions
+  const options = parseOptions<ChildOptions>(raw)
   for (const table of [options.fencedTable, options.logTable]) {
     if (!identifier.test(table)) throw new Error(`not a plain table name: ${table}`)
   }
@@ -96,44 +96,15 @@ const program = Effect.gen(function* () {
   )
 
   // The layer is up (sequence checked, LISTEN running): tell the parent, and start when both processes are.
-  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
-  yield* Effect.callback<void>((resume) => {
-    const go = () => {
-      process.stdin.off("data", go)
-      process.stdin.off("end", go)
-      process.stdin.pause()
-      resume(Effect.void)
-    }
-    process.stdin.on("data", go)
-    process.stdin.on("end", go)
-  })
+  yield* readyThenGo
 
-  yield* Effect.forEach(
-    Array.from({ length: options.fibers }, (_, i) => i),
-    () => Effect.repeat(section, { times: options.iterations - 1 }),
-    { concurrency: "unbounded", discard: true }
-  )
+  yield* runSections(options.fibers, options.iterations, section)
 
-  const summary: ChildSummary = {
-    worker: options.worker,
-    pid: process.pid,
-    sections: tokens.length,
-    accepted,
-    stale,
-    tokens
-  }
+  const summary: ChildSummary = summaryOf(options.worker, tokens, { accepted, stale })
   return summary
 })
 
 const client = PgClient.layer({ url: Redacted.make(options.url), applicationName: options.applicationName })
 const backend = PostgresBackend.layer({ applicationName: options.applicationName }).pipe(Layer.provide(client))
 
-Effect.runPromise(program.pipe(Effect.provide(Layer.merge(backend, client)))).then(
-  (summary) => {
-    process.stdout.write(`${JSON.stringify(summary)}\n`)
-  },
-  (error: unknown) => {
-    process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`)
-    process.exitCode = 1
-  }
-)
+runWorker(program.pipe(Effect.provide(Layer.merge(backend, client))), printLine)

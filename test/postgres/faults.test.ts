@@ -9,9 +9,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
-import { type Lease, Lock, LockBackend, LockConfig, type LockLost } from "../../src/index.ts"
+import { Lock, LockBackend, LockConfig, type LockLost } from "../../src/index.ts"
 import { PostgresBackend } from "../../src/postgres/index.ts"
 import { FaultyBackend } from "../../src/testing/index.ts"
+import { holdInFiber, insideWithLock, lossOf } from "../support/leases.ts"
 import * as TcpProxy from "../support/TcpProxy.ts"
 import { admin, advisoryLocksOf, assertNothingLeft, backendLayer, eventually, freshAppName, url } from "./harness.ts"
 
@@ -46,10 +47,6 @@ const proxyToServer = Effect.gen(function* () {
   proxied.port = String(proxy.port)
   return { proxy, url: proxied.toString() }
 })
-
-/** When the lease's loss was reported, and the error. */
-const lossOf = (lease: Lease.Lease) =>
-  Effect.flatMap(lease.lost, (error) => Effect.map(Clock.currentTimeMillis, (at) => ({ error, at })))
 
 /** A retry so long that only a change signal can wake a waiter during a test. */
 const hourRetry = LockConfig.retryLinear({ initial: "1 hour", max: "1 hour", jitter: false })
@@ -259,17 +256,7 @@ describe("postgres faults", () => {
       return Effect.gen(function* () {
         const { proxy, url: proxied } = yield* proxyToServer
         yield* Effect.gen(function* () {
-          const published = yield* Deferred.make<Lease.Lease>()
-          const holder = yield* Effect.forkChild(
-            Effect.scoped(
-              Effect.gen(function* () {
-                const lease = yield* Lock.scoped(name, { ttl, onLost: "ignore" })
-                yield* Deferred.succeed(published, lease)
-                return yield* Lock.runHeld(lease, Effect.never, "interrupt")
-              })
-            )
-          )
-          const lease = yield* Deferred.await(published)
+          const { holder, lease } = yield* holdInFiber(name, ttl)
           assert.strictEqual(yield* advisoryLocksOf(appName), 1)
           // The last moment the lease was known good, as the lease reports it (expiresAt - ttl),
           // recorded by a watcher until the lease is lost.
@@ -418,20 +405,9 @@ describe("postgres faults", () => {
         const appName = freshAppName("holder")
         const name = `${appName}-name`
         return Effect.gen(function* () {
-          const entered = yield* Deferred.make<void>()
-          const finalized = yield* Deferred.make<void>()
-          const holder = yield* Effect.forkChild(
-            Lock.withLock(name)(
-              Effect.andThen(Deferred.succeed(entered, undefined), Effect.never).pipe(
-                Effect.ensuring(Deferred.succeed(finalized, undefined))
-              )
-            )
-          )
-          yield* Deferred.await(entered)
+          const inside = yield* insideWithLock(name)
           assert.strictEqual(yield* advisoryLocksOf(appName), 1)
-          yield* Fiber.interrupt(holder)
-          assert.isTrue(Exit.hasInterrupts(yield* Fiber.await(holder)))
-          assert.isTrue(yield* Deferred.isDone(finalized), "the critical section was stopped")
+          yield* inside.interrupt
           // The unlock has been answered by the server when the interruption returns.
           assert.strictEqual(yield* advisoryLocksOf(appName), 0)
           assert.deepStrictEqual(yield* LockBackend.inspect(name), { holders: [], waiters: [] })

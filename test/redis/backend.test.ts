@@ -12,6 +12,7 @@ import { ConfigProvider, Duration, Effect, Fiber, Layer, Option, type Scope } fr
 import { afterAll } from "vitest"
 import { DistributedSemaphore, Lock, LockBackend, LockConfig, ReadWriteLock } from "../../src/index.ts"
 import { RedisBackend } from "../../src/redis/index.ts"
+import * as Checks from "../support/backendChecks.ts"
 import * as RedisServer from "../support/RedisServer.ts"
 import { assertNothingLeft, backendLayer, eventually, freshPrefix, keysUnder, redis, url } from "./harness.ts"
 
@@ -82,9 +83,6 @@ const dbSize = (server: RedisServer.RedisServer) =>
     Effect.promise(() => server.command("DBSIZE")),
     (reply) => Number(reply.slice(1))
   )
-
-/** One exclusive acquisition, released at once. */
-const lock = (name: string, options?: LockConfig.LockOptions) => Effect.scoped(Lock.scoped(name, options))
 
 /** The error of building the backend on the shared server with these options. */
 const build = (options: RedisBackend.Options) =>
@@ -184,33 +182,10 @@ describe("RedisBackend: inspection", () => {
           const before = Date.now()
           const odd = { "a|b": "c|d:e{f}", role: "holder" }
           const ex = yield* Lock.scoped("ex", { ttl: "30 seconds", metadata: odd })
-          const exHolder = (yield* LockBackend.inspect("ex")).holders
-          assert.strictEqual(exHolder.length, 1)
-          const h = exHolder[0]!
-          assert.deepInclude(h, {
-            name: "ex",
-            owner: ex.owner,
-            mode: "exclusive",
-            permits: 1,
-            limit: 1,
-            token: ex.token,
-            metadata: odd
-          })
-          assert.isAtLeast(h.acquiredAt, before - 1_000)
-          assert.isAtMost(h.acquiredAt, Date.now() + 1_000)
-          assert.isDefined(h.expiresAt)
-          assert.isAbove(h.expiresAt!, Date.now())
-          assert.isAtMost(h.expiresAt!, Date.now() + 31_000)
+          Checks.assertExclusiveHolder((yield* LockBackend.inspect("ex")).holders, "ex", ex, odd, before)
 
           // A waiter shows up while it waits, in queue order, and is gone once granted.
-          const exWaiter = yield* Effect.forkChild(
-            Effect.scoped(
-              Effect.map(
-                Lock.scoped("ex", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "waiter" } }),
-                (lease) => lease.owner
-              )
-            )
-          )
+          const exWaiter = yield* Checks.forkWaiter("ex", hourRetry)
           const queued = yield* eventually(
             Effect.flatMap(LockBackend.inspect("ex"), ({ waiters }) =>
               waiters.length === 1 ? Effect.succeed(waiters[0]!) : Effect.fail(new Error("no waiter yet"))
@@ -220,89 +195,35 @@ describe("RedisBackend: inspection", () => {
           assert.notStrictEqual(queued.owner, ex.owner)
           assert.isTrue(queued.owner.startsWith(`${ex.owner.split("/")[0]}/`), queued.owner)
           assert.isAtLeast(queued.since!, before - 1_000)
-          yield* ex.release
-          assert.strictEqual(yield* Fiber.join(exWaiter), queued.owner, "the waiter shown is the one granted next")
-          assert.deepStrictEqual(yield* LockBackend.inspect("ex"), { holders: [], waiters: [] })
+          yield* Checks.assertHandedToQueued("ex", ex, exWaiter, queued)
 
           // Read-write: two readers hold, a writer waits, a later reader queues behind it.
-          const r1 = yield* ReadWriteLock.read("rw", { metadata: { role: "r1" } })
-          const r2 = yield* ReadWriteLock.read("rw", { metadata: { role: "r2" } })
-          const writer = yield* Effect.forkChild(
-            Effect.scoped(
-              ReadWriteLock.write("rw", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "w" } })
-            )
-          )
+          const { r1, r2, writer } = yield* Checks.readersAndWriter(hourRetry)
           yield* eventually(
             Effect.flatMap(LockBackend.inspect("rw"), ({ waiters }) =>
               waiters.length === 1 ? Effect.void : Effect.fail(new Error("writer not queued yet"))
             )
           )
-          const late = yield* Effect.forkChild(
-            Effect.scoped(
-              ReadWriteLock.read("rw", { retry: hourRetry, timeout: "20 seconds", metadata: { role: "late" } })
-            )
-          )
+          const late = yield* Checks.forkLateReader(hourRetry)
           const rw = yield* eventually(
             Effect.flatMap(LockBackend.inspect("rw"), (view) =>
               view.waiters.length === 2 ? Effect.succeed(view) : Effect.fail(new Error("late reader not queued yet"))
             )
           )
-          const readers = rw.holders.toSorted((a, b) => a.metadata["role"]!.localeCompare(b.metadata["role"]!))
-          assert.deepStrictEqual(
-            readers.map((r) => [r.name, r.owner, r.mode, r.permits, r.limit, r.token, r.metadata]),
-            [
-              ["rw", r1.owner, "shared", 1, 1, r1.token, { role: "r1" }],
-              ["rw", r2.owner, "shared", 1, 1, r2.token, { role: "r2" }]
-            ]
-          )
-          for (const reader of readers) {
-            assert.isAbove(reader.expiresAt!, Date.now())
-            assert.isAtMost(reader.expiresAt!, Date.now() + 31_000)
-          }
-          assert.deepStrictEqual(
-            rw.waiters.map((w) => [w.name, w.mode, w.permits, w.metadata]),
-            [
-              ["rw", "exclusive", 1, { role: "w" }],
-              ["rw", "shared", 1, { role: "late" }]
-            ]
-          )
+          Checks.assertReadWriteView(rw.holders.toSorted(Checks.byRole), rw.waiters, r1, r2)
           yield* r1.release
           yield* r2.release
           yield* Fiber.join(writer)
           yield* Fiber.join(late)
 
           // Semaphore: permits per holder, the agreed limit, a waiter for more than is left.
-          const s1 = yield* DistributedSemaphore.scoped("sem", { limit: 3, permits: 2, metadata: { role: "s1" } })
-          const s2 = yield* DistributedSemaphore.scoped("sem", { limit: 3, metadata: { role: "s2" } })
-          const semWaiter = yield* Effect.forkChild(
-            Effect.scoped(
-              DistributedSemaphore.scoped("sem", {
-                limit: 3,
-                permits: 2,
-                retry: hourRetry,
-                timeout: "20 seconds",
-                metadata: { role: "s3" }
-              })
-            )
-          )
+          const { s1, s2, semWaiter } = yield* Checks.semaphoreWithWaiter(hourRetry)
           const sem = yield* eventually(
             Effect.flatMap(LockBackend.inspect("sem"), (view) =>
               view.waiters.length === 1 ? Effect.succeed(view) : Effect.fail(new Error("semaphore waiter not queued"))
             )
           )
-          assert.deepStrictEqual(
-            sem.holders
-              .toSorted((a, b) => a.metadata["role"]!.localeCompare(b.metadata["role"]!))
-              .map((x) => [x.name, x.owner, x.mode, x.permits, x.limit, x.token, x.metadata]),
-            [
-              ["sem", s1.owner, "permits", 2, 3, s1.token, { role: "s1" }],
-              ["sem", s2.owner, "permits", 1, 3, s2.token, { role: "s2" }]
-            ]
-          )
-          assert.deepStrictEqual(
-            sem.waiters.map((w) => [w.name, w.mode, w.permits, w.metadata]),
-            [["sem", "permits", 2, { role: "s3" }]]
-          )
+          Checks.assertSemaphoreView(sem.holders.toSorted(Checks.byRole), sem.waiters, s1, s2)
 
           // inspect() lists every name under this prefix: the three names, holders and waiters alike.
           const all = yield* LockBackend.inspect()
@@ -438,31 +359,17 @@ describe("RedisBackend: names and keys", () => {
         }
 
         // Inspection returns the names exactly as given.
-        const { holders } = yield* LockBackend.inspect()
-        assert.deepStrictEqual(holders.map((h) => h.name).toSorted(), [...hostile].toSorted())
-        for (const [i, name] of hostile.entries()) {
-          const one = (yield* LockBackend.inspect(name)).holders
-          assert.deepStrictEqual(
-            one.map((h) => [h.name, h.owner, h.token, h.metadata]),
-            [[name, leases[i]!.owner, leases[i]!.token, { name }]]
-          )
-        }
+        yield* Checks.assertNamesComeBack(hostile, leases)
 
         // A waiter on each name is woken by the release's publication (its retry interval is an hour):
         // the published change carries the exact name.
-        const waiters = yield* Effect.forEach(hostile, (name) =>
-          Effect.forkChild(
-            Effect.scoped(Effect.map(Lock.scoped(name, { retry: hourRetry, timeout: "10 seconds" }), (l) => l.token))
-          )
-        )
+        const waiters = yield* Checks.forkTokenWaiters(hostile, hourRetry)
         yield* eventually(
           Effect.flatMap(LockBackend.inspect(), ({ waiters: queued }) =>
             queued.length === hostile.length ? Effect.void : Effect.fail(new Error(`${queued.length} queued`))
           )
         )
-        yield* Effect.forEach(leases, (lease) => lease.release, { concurrency: "unbounded", discard: true })
-        const tokens = yield* Fiber.joinAll(waiters)
-        for (const [i, token] of tokens.entries()) assert.isTrue(token > leases[i]!.token, hostile[i])
+        yield* Checks.assertEachWaiterWoken(hostile, leases, waiters)
       }).pipe(
         Effect.scoped,
         // A hostile owner id as well: it is stored in the grants and published to wake a waiter.
@@ -480,45 +387,17 @@ describe("RedisBackend: names and keys", () => {
 
   it.live("bad names, TTLs and semaphore sizes are InvalidLockRequest, and nothing reaches the server", () => {
     const prefix = freshPrefix("bad")
-    const invalid = <A, E, R>(field: string, effect: Effect.Effect<A, E, R>) =>
-      Effect.gen(function* () {
-        const error = yield* failureOf(effect)
-        assert.deepInclude(error as object, { _tag: "InvalidLockRequest", field })
-        assert.deepStrictEqual(yield* keysUnder(prefix), [], `${field}: keys written`)
-      })
+    const invalid = Checks.invalidChecker(keysUnder(prefix))
     return withBackend(
       prefix,
       Effect.gen(function* () {
-        yield* invalid("name", lock(""))
-        yield* invalid("name", lock("x".repeat(1025)))
-        yield* invalid("name", lock("é".repeat(513)))
-        yield* invalid("name", lock("\uD800"))
-        yield* invalid("name", lock("ok-\uDC00"))
+        yield* Checks.badNames(invalid)
+        yield* invalid("name", Checks.lock("ok-\uDC00"))
         yield* invalid("name", Effect.scoped(Lock.tryScoped("")))
         yield* invalid("name", Effect.scoped(ReadWriteLock.read("\uDFFF")))
         yield* invalid("name", Effect.scoped(DistributedSemaphore.scoped("", { limit: 2 })))
-        yield* invalid("ttl", lock("t", { ttl: 0 }))
-        yield* invalid("ttl", lock("t", { ttl: -1 }))
-        yield* invalid("ttl", lock("t", { ttl: "-5 seconds" }))
-        yield* invalid("limit", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 0 })))
-        yield* invalid("limit", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 1.5 })))
-        yield* invalid("permits", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 2, permits: 3 })))
-        yield* invalid("permits", Effect.scoped(DistributedSemaphore.scoped("s", { limit: 2, permits: 0 })))
-        // The backend refuses a lone surrogate itself (it cannot be sent as UTF-8), also when called directly.
-        const backend = yield* LockBackend
-        yield* invalid(
-          "name",
-          backend.tryAcquire({
-            name: "\uD83D",
-            owner: "direct/1",
-            mode: "exclusive",
-            permits: 1,
-            limit: 1,
-            ttlMillis: 1_000,
-            metadata: {},
-            queue: false
-          })
-        )
+        yield* Checks.badTtls(invalid)
+        yield* Checks.badSizesAndDirectName(invalid)
         // The bounds themselves are fine.
         const edge = yield* Effect.scoped(Lock.tryScoped("x".repeat(1024)))
         assert.isTrue(Option.isSome(edge))
@@ -551,15 +430,7 @@ describe("RedisBackend: names and keys", () => {
         Effect.gen(function* () {
           const backend = yield* LockBackend
           // Twice.
-          const once = yield* Lock.scoped("twice")
-          yield* once.release
-          assert.deepInclude(yield* failureOf(once.release), {
-            _tag: "LockNotHeld",
-            name: "twice",
-            owner: once.owner,
-            state: "released"
-          })
-          assert.deepStrictEqual(yield* LockBackend.inspect("twice"), { holders: [], waiters: [] })
+          yield* Checks.assertReleasedTwice("twice")
 
           // After expiry: no heartbeat, the TTL runs out on the server, and someone else takes the name.
           const expiring = yield* Lock.scoped("expiring", { ttl: "300 millis", heartbeat: false, onLost: "ignore" })
@@ -667,11 +538,7 @@ describe("RedisBackend: configuration (LOCK_PROVIDER=redis)", () => {
       )
       // Not under the default prefix.
       assert.deepStrictEqual(yield* keysUnder(`${RedisBackend.defaultPrefix}${tagOf(name)}`), [])
-      assert.deepStrictEqual(
-        (yield* LockBackend.inspect()).holders.map((h) => [h.name, h.owner]),
-        [[name, lease.owner]]
-      )
-      yield* lease.release
+      yield* Checks.assertSoleHolderThenRelease(name, lease)
     }).pipe(
       Effect.scoped,
       Effect.provide(fromEnv({ LOCK_PROVIDER: "redis", LOCK_REDIS_URL: url, LOCK_REDIS_PREFIX: prefix })),

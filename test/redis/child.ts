@@ -17,23 +17,22 @@
  */
 import { Effect, Layer } from "effect"
 import * as Redis from "effect/persistence/Redis"
-import { Lock } from "../../src/index.ts"
 import { RedisBackend } from "../../src/redis/index.ts"
+import {
+  type FencedSummary,
+  type FencedWorkerOptions,
+  fencedWorker,
+  parseOptions,
+  runWorker
+} from "../support/childWorker.ts"
 
 /** What the parent passes. */
-export interface ChildOptions {
+export interface ChildOptions extends FencedWorkerOptions {
   readonly url: string
   /** The lock backend's key prefix. */
   readonly prefix: string
   /** The fenced resource's keys (outside the backend's prefix). */
   readonly fence: FenceKeys
-  readonly name: string
-  readonly worker: string
-  readonly mode: "contend" | "hold"
-  readonly fibers: number
-  readonly iterations: number
-  /** Lease TTL in milliseconds. */
-  readonly ttlMillis: number
 }
 
 /** The fenced resource: a hash with `highest` (highest token admitted) and `inside` (token inside, or ""), and an event log. */
@@ -43,15 +42,7 @@ export interface FenceKeys {
 }
 
 /** What the child prints at the end of `contend`. */
-export interface ChildSummary {
-  readonly worker: string
-  readonly pid: number
-  readonly sections: number
-  readonly accepted: number
-  readonly refused: number
-  /** Tokens of this worker's critical sections, as decimal strings, in the order they entered. */
-  readonly tokens: ReadonlyArray<string>
-}
+export type ChildSummary = FencedSummary
 
 /**
  * The fenced resource's steps. Each logs `<event>|<worker>|<token>` and returns the event.
@@ -99,106 +90,29 @@ redis.call('RPUSH', log, event .. '|' .. worker .. '|' .. token)
 return event`
 } as const
 
-const parse = (raw: string | undefined): ChildOptions => {
-  if (raw === undefined) throw new Error("usage: child.ts <json options>")
-  return JSON.parse(raw) as ChildOptions
-}
+const options = parseOptions<ChildOptions>(process.argv[2])
 
-const options = parse(process.argv[2])
-
-/** Waits for the parent's go (a line on stdin, or its end). */
-const awaitGo = Effect.callback<void>((resume) => {
-  const go = () => {
-    process.stdin.off("data", go)
-    process.stdin.off("end", go)
-    process.stdin.pause()
-    resume(Effect.void)
-  }
-  process.stdin.on("data", go)
-  process.stdin.on("end", go)
-})
-
-const contend = Effect.gen(function* () {
+const fenceOnServer = Effect.gen(function* () {
   const redis = yield* Redis.Redis
-  const step = (script: string, token: bigint) =>
-    redis.send<string>("EVAL", script, "2", options.fence.state, options.fence.log, token.toString(), options.worker)
-  const tokens: Array<string> = []
-  let accepted = 0
-  let refused = 0
-
-  const section = Effect.scoped(
-    Effect.gen(function* () {
-      // The loss signal is watched by runHeld below, as Lock.withLock does: a lost lease fails the section.
-      const lease = yield* Lock.scoped(options.name, {
-        ttl: options.ttlMillis,
-        timeout: "30 seconds",
-        onLost: "ignore",
-        metadata: { worker: options.worker }
-      })
-      const token = lease.token
-      yield* Lock.runHeld(
-        lease,
-        Effect.gen(function* () {
-          tokens.push(token.toString())
-          const entered = yield* step(fence.enter, token)
-          // Stay inside a little, yielding to the other fibers and (through the round trips) to the other process.
-          yield* redis.send("PING")
-          yield* Effect.yieldNow
-          const written = yield* step(fence.write, token)
-          if (entered === "enter" && written === "write") accepted++
-          else refused++
-          yield* redis.send("PING")
-          yield* step(fence.exit, token)
-        }),
-        "interrupt"
-      )
-    })
-  )
-
-  yield* Effect.forEach(
-    Array.from({ length: options.fibers }, (_, i) => i),
-    () => Effect.repeat(section, { times: options.iterations - 1 }),
-    { concurrency: "unbounded", discard: true }
-  )
-  const summary: ChildSummary = {
-    worker: options.worker,
-    pid: process.pid,
-    sections: tokens.length,
-    accepted,
-    refused,
-    tokens
+  return {
+    step: (kind: keyof typeof fence, token: bigint) =>
+      redis.send<string>(
+        "EVAL",
+        fence[kind],
+        "2",
+        options.fence.state,
+        options.fence.log,
+        token.toString(),
+        options.worker
+      ),
+    // Stay inside a little: a round trip after entering, and one before exiting.
+    afterEnter: redis.send("PING"),
+    beforeExit: redis.send("PING")
   }
-  process.stdout.write(`${JSON.stringify(summary)}\n`)
-})
-
-const hold = Effect.scoped(
-  Effect.gen(function* () {
-    const lease = yield* Lock.scoped(options.name, {
-      ttl: options.ttlMillis,
-      timeout: "30 seconds",
-      onLost: "ignore",
-      metadata: { worker: options.worker }
-    })
-    process.stdout.write(`${JSON.stringify({ held: lease.token.toString() })}\n`)
-    // Held (and extended by the heartbeat) until the parent kills the process.
-    return yield* Effect.never
-  })
-)
-
-const program = Effect.gen(function* () {
-  // The layer is up (subscribed to the change channel): tell the parent, and start when every process is.
-  process.stdout.write(`${JSON.stringify({ ready: true })}\n`)
-  yield* awaitGo
-  yield* options.mode === "hold" ? hold : contend
 })
 
 const client = RedisBackend.redisLayer(options.url)
 const layer = RedisBackend.layer({ prefix: options.prefix }).pipe(Layer.provideMerge(client))
 
-Effect.runPromise(program.pipe(Effect.provide(layer))).then(
-  () => {},
-  (error: unknown) => {
-    process.stderr.write(`${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`)
-    process.exitCode = 1
-  }
-)
+// Ready is reported once the layer is up (subscribed to the change channel).
+runWorker(fencedWorker(options, "30 seconds", fenceOnServer).pipe(Effect.provide(layer)))

@@ -16,24 +16,12 @@
  * the one duration that is the scenario itself (the SIGSTOP).
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import {
-  Cause,
-  Clock,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Layer,
-  Option,
-  References,
-  Schedule,
-  type Scope
-} from "effect"
+import { Clock, Duration, Effect, Exit, Fiber, Layer, Option, References, Schedule, type Scope } from "effect"
 import * as NodeRedis from "@effect/platform-node/NodeRedis"
-import { type Lease, Lock, LockBackend, type LockLost } from "../../src/index.ts"
+import { Lock, LockBackend } from "../../src/index.ts"
 import { RedisBackend } from "../../src/redis/index.ts"
 import { FaultyBackend, FencedResource } from "../../src/testing/index.ts"
+import { holdInFiber, insideWithLock, lockLostOf, lossOf, watchLastGood } from "../support/leases.ts"
 import * as RedisServer from "../support/RedisServer.ts"
 import * as TcpProxy from "../support/TcpProxy.ts"
 import { assertNothingLeft, backendLayer, eventually, freshPrefix, keysUnder, send, subscribersOf } from "./harness.ts"
@@ -117,62 +105,8 @@ const commandConnections = (server: RedisServer.RedisServer, clientName: string)
       .filter((entry) => entry.name === clientName && entry.sub === 0 && !entry.flags.includes("P"))
   )
 
-/** When the lease's loss was reported, and the error. */
-const lossOf = (lease: Lease.Lease) =>
-  Effect.flatMap(lease.lost, (error) => Effect.map(Clock.currentTimeMillis, (at) => ({ error, at })))
-
 /** Fails (for `eventually`) until `condition` holds. */
 const check = (condition: boolean, message: string) => (condition ? Effect.void : Effect.fail(new Error(message)))
-
-/**
- * Holds `name` in a forked fiber whose critical section never ends on its
- * own: it fails with `LockLost` once the lease is lost. Returns the fiber and
- * the lease.
- */
-const holdInFiber = (name: string, ttl: Duration.Duration) =>
-  Effect.gen(function* () {
-    const published = yield* Deferred.make<Lease.Lease>()
-    const holder = yield* Effect.forkChild(
-      Effect.scoped(
-        Effect.gen(function* () {
-          const lease = yield* Lock.scoped(name, { ttl, onLost: "ignore" })
-          yield* Deferred.succeed(published, lease)
-          return yield* Lock.runHeld(lease, Effect.never, "interrupt")
-        })
-      )
-    )
-    return { holder, lease: yield* Deferred.await(published) }
-  })
-
-/**
- * Records, until the lease is no longer held, the last moment it was known
- * good (`expiresAt - ttl`: when its last successful extension was sent).
- */
-const watchLastGood = (lease: Lease.Lease, ttlMillis: number) =>
-  Effect.gen(function* () {
-    const seen = { lastGood: lease.acquiredAt, extensions: 0 }
-    const first = yield* lease.state
-    if (first._tag === "Held") seen.lastGood = first.expiresAt - ttlMillis
-    const fiber = yield* Effect.forkChild(
-      Effect.gen(function* () {
-        while (true) {
-          const state = yield* lease.state
-          if (state._tag !== "Held") return
-          const good = state.expiresAt - ttlMillis
-          if (good > seen.lastGood) {
-            seen.lastGood = good
-            seen.extensions++
-          }
-          yield* Effect.sleep("5 millis")
-        }
-      })
-    )
-    return { seen, fiber }
-  })
-
-/** The `LockLost` a fiber failed with, if any. */
-const lockLostOf = (exit: Exit.Exit<unknown, unknown>): LockLost | undefined =>
-  Exit.isFailure(exit) ? (Option.getOrUndefined(Cause.findErrorOption(exit.cause)) as LockLost | undefined) : undefined
 
 /** The keys under `prefix`, failing while there are any (for `eventually`). */
 const keysUnderOrFail = (prefix: string) =>
@@ -572,20 +506,9 @@ describe("redis faults", () => {
         Effect.gen(function* () {
           const name = "job"
           const xKey = keyOf(prefix, name, "x")
-          const entered = yield* Deferred.make<void>()
-          const finalized = yield* Deferred.make<void>()
-          const holder = yield* Effect.forkChild(
-            Lock.withLock(name, { ttl: "5 seconds" })(
-              Effect.andThen(Deferred.succeed(entered, undefined), Effect.never).pipe(
-                Effect.ensuring(Deferred.succeed(finalized, undefined))
-              )
-            )
-          )
-          yield* Deferred.await(entered)
+          const inside = yield* insideWithLock(name, { ttl: "5 seconds" })
           assert.isNotNull(yield* send("GET", [xKey]))
-          yield* Fiber.interrupt(holder)
-          assert.isTrue(Exit.hasInterrupts(yield* Fiber.await(holder)))
-          assert.isTrue(yield* Deferred.isDone(finalized), "the critical section was stopped")
+          yield* inside.interrupt
           assert.isNull(yield* send("GET", [xKey]), "the key outlived the interruption")
           assert.isTrue(Option.isSome(yield* Effect.scoped(Lock.tryScoped(name))), "the name is free at once")
         })

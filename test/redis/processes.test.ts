@@ -8,91 +8,15 @@
  * increasing fencing tokens and no stale operation accepted.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
-import { Deferred, Effect, Option } from "effect"
-import { Lock, LockBackend, LockConfig } from "../../src/index.ts"
+import { Effect } from "effect"
+import { LockConfig } from "../../src/index.ts"
+import * as ChildProcesses from "../support/childProcesses.ts"
+import * as Fenced from "../support/fencedSections.ts"
 import type { ChildOptions, ChildSummary, FenceKeys } from "./child.ts"
 import { assertNothingLeft, backendLayer, freshPrefix, send, url } from "./harness.ts"
 
-const repoRoot = fileURLToPath(new URL("../../", import.meta.url))
-const childScript = fileURLToPath(new URL("./child.ts", import.meta.url))
-
-/**
- * A Node that runs `.ts` files (type stripping is on by default from 22.18):
- * the one running the tests, else the project's pinned one.
- */
-const nodeBinary = (() => {
-  const [major = 0, minor = 0] = process.versions.node.split(".").map(Number)
-  return major > 22 || (major === 22 && minor >= 18)
-    ? process.execPath
-    : fileURLToPath(new URL("../../node_modules/.bin/node", import.meta.url))
-})()
-
-interface ChildResult {
-  readonly code: number | null
-  readonly signal: string | null
-  readonly stderr: string
-  readonly summary: ChildSummary | undefined
-}
-
-/** The JSON lines a child printed so far. */
-const jsonLines = (stdout: string): Array<Record<string, unknown>> =>
-  stdout
-    .split("\n")
-    .filter((line) => line.trim().startsWith("{"))
-    .map((line) => JSON.parse(line) as Record<string, unknown>)
-
-/**
- * Starts a child; `ready` completes once its backend is up, `held` once it
- * printed the token it holds (`hold` mode). It starts work when `go` runs.
- * `kill` sends SIGKILL. Killed (by its pid) if the test ends first.
- */
-const startChild = (options: ChildOptions) =>
-  Effect.gen(function* () {
-    const ready = yield* Deferred.make<void, Error>()
-    const held = yield* Deferred.make<bigint, Error>()
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() =>
-        spawn(nodeBinary, [childScript, JSON.stringify(options)], { cwd: repoRoot, stdio: ["pipe", "pipe", "pipe"] })
-      ),
-      (spawned) =>
-        Effect.sync(() => {
-          if (spawned.exitCode === null && spawned.signalCode === null) spawned.kill("SIGKILL")
-        })
-    )
-    let stdout = ""
-    let stderr = ""
-    // A child that died early must not make the parent's write fail the process.
-    child.stdin.on("error", () => {})
-    child.stdout.setEncoding("utf8")
-    child.stderr.setEncoding("utf8")
-    child.stdout.on("data", (chunk: string) => {
-      stdout += chunk
-      for (const line of jsonLines(stdout)) {
-        if (line["ready"] === true) Deferred.doneUnsafe(ready, Effect.void)
-        if (typeof line["held"] === "string") Deferred.doneUnsafe(held, Effect.succeed(BigInt(line["held"])))
-      }
-    })
-    child.stderr.on("data", (chunk: string) => {
-      stderr += chunk
-    })
-    const exited = Effect.callback<ChildResult>((resume) => {
-      const finish = (code: number | null, signal: string | null) => {
-        const last = jsonLines(stdout).at(-1)
-        const summary = last?.["worker"] === undefined ? undefined : (last as unknown as ChildSummary)
-        const early = new Error(`${options.worker} exited (${code} ${signal}) too early: ${stderr}`)
-        Deferred.doneUnsafe(ready, Effect.fail(early))
-        Deferred.doneUnsafe(held, Effect.fail(early))
-        resume(Effect.succeed({ code, signal, stderr, summary }))
-      }
-      if (child.exitCode !== null || child.signalCode !== null) finish(child.exitCode, child.signalCode)
-      else child.once("close", finish)
-    })
-    const go = Effect.sync(() => child.stdin.end("go\n"))
-    const kill = Effect.sync(() => child.kill("SIGKILL"))
-    return { ready: Deferred.await(ready), held: Deferred.await(held), go, kill, exited }
-  })
+/** Starts a worker process (`child.ts`). */
+const startWorker = ChildProcesses.childStarter<ChildOptions, ChildSummary>(new URL("./child.ts", import.meta.url))
 
 /** Keys of a fenced resource outside any backend prefix; deleted when the scope closes. */
 const fenceKeys = (label: string) =>
@@ -129,67 +53,19 @@ describe("redis: several processes", () => {
       return Effect.gen(function* () {
         const fence = yield* fenceKeys("procs")
         const children = yield* Effect.forEach(workers, (worker) =>
-          startChild({ url, prefix, fence, name, worker, mode: "contend", fibers, iterations, ttlMillis: 10_000 })
+          startWorker({ url, prefix, fence, name, worker, mode: "contend", fibers, iterations, ttlMillis: 10_000 })
         )
-        // Both backends up before either starts: the processes contend from the first section.
-        yield* Effect.forEach(children, (child) => child.ready, { concurrency: "unbounded" })
-        yield* Effect.forEach(children, (child) => child.go)
-        const results = yield* Effect.forEach(children, (child) => child.exited, { concurrency: "unbounded" })
+        const { results } = yield* ChildProcesses.runTogether(children)
 
         const perWorker = fibers * iterations
-        for (const [i, result] of results.entries()) {
-          const worker = workers[i]!
-          assert.strictEqual(
-            result.code,
-            0,
-            `worker ${worker} exited with ${result.code} ${result.signal}: ${result.stderr}`
-          )
-          const summary = result.summary
-          assert.isDefined(summary, `worker ${worker} printed its summary`)
-          assert.strictEqual(summary!.worker, worker)
-          assert.strictEqual(summary!.sections, perWorker)
-          assert.strictEqual(summary!.accepted, perWorker)
-          assert.strictEqual(summary!.refused, 0)
-        }
-
-        const log = yield* readLog(fence)
-        const total = perWorker * workers.length
-        assert.strictEqual(log.length, total * 3, "three log entries per critical section")
-        // Sections in log order: enter, the fenced write, exit; never another step in between.
-        const sections: Array<{ readonly worker: string; readonly token: bigint }> = []
-        for (let k = 0; k < total; k++) {
-          const [enter, write, exit] = [log[3 * k]!, log[3 * k + 1]!, log[3 * k + 2]!]
-          const at = `section ${k}`
-          assert.deepStrictEqual(
-            [enter.event, write.event, exit.event],
-            ["enter", "write", "exit"],
-            `${at}: sections overlap or a stale operation came in`
-          )
-          assert.deepStrictEqual(
-            [write.worker, exit.worker, write.token, exit.token],
-            [enter.worker, enter.worker, enter.token, enter.token],
-            `${at}: another holder wrote inside the section`
-          )
-          sections.push({ worker: enter.worker, token: enter.token })
-        }
-        for (let k = 1; k < sections.length; k++) {
-          assert.isTrue(
-            sections[k]!.token > sections[k - 1]!.token,
-            `tokens must strictly increase in entry order: ${sections[k - 1]!.token} then ${sections[k]!.token}`
-          )
-        }
-        // The processes took turns: they contended, rather than one finishing before the other started.
-        const switches = sections.filter((section, k) => k > 0 && section.worker !== sections[k - 1]!.worker).length
-        assert.isAtLeast(switches, 2, "holder switches between the processes")
-        for (const [i, worker] of workers.entries()) {
-          const mine = sections.filter((section) => section.worker === worker).map((s) => s.token.toString())
-          assert.strictEqual(mine.length, perWorker, `sections of worker ${worker}`)
-          assert.deepStrictEqual(
-            mine,
-            results[i]!.summary!.tokens.toSorted((x, y) => (BigInt(x) < BigInt(y) ? -1 : 1)),
-            `worker ${worker}'s own record matches the log`
-          )
-        }
+        const { sections, total } = yield* Fenced.checkContention(results, workers, perWorker, "refused", {
+          read: readLog(fence),
+          what: "entries",
+          expected: { write: "write", refused: "a stale operation came in" },
+          where: (k) => `section ${k}`
+        })
+        Fenced.assertTurnsTaken(sections)
+        Fenced.assertOwnRecords(sections, workers, perWorker, (i) => Fenced.byToken(results[i]!.summary!.tokens))
         const state = yield* send<Array<string | null>>("HMGET", [fence.state, "highest", "inside", "writes"])
         assert.deepStrictEqual(state, [sections.at(-1)!.token.toString(), "", String(total)], "highest, inside, writes")
       }).pipe(Effect.scoped, Effect.andThen(assertNothingLeft(prefix)))
@@ -205,52 +81,13 @@ describe("redis: several processes", () => {
       const ttlMillis = 3_000
       return Effect.gen(function* () {
         const fence = yield* fenceKeys("killed")
-        const victim = yield* startChild({
-          url,
-          prefix,
-          fence,
+        const victim = yield* startWorker({ url, prefix, fence, ...Fenced.victimOptions(name, ttlMillis) })
+        yield* Fenced.killedHolderFreesAtTtl(
+          victim,
           name,
-          worker: "victim",
-          mode: "hold",
-          fibers: 1,
-          iterations: 1,
-          ttlMillis
-        })
-        yield* victim.ready
-        yield* victim.go
-        const victimToken = yield* victim.held
-        const { holders } = yield* LockBackend.inspect(name)
-        assert.deepStrictEqual(
-          holders.map((h) => [h.token, h.metadata]),
-          [[victimToken, { worker: "victim" }]]
+          LockConfig.retryLinear({ initial: "50 millis", max: "50 millis", jitter: false }),
+          ttlMillis + 3_000
         )
-        assert.isTrue(Option.isNone(yield* Effect.scoped(Lock.tryScoped(name))), "held by the other process")
-        yield* victim.kill
-        const exit = yield* victim.exited
-        assert.strictEqual(exit.signal, "SIGKILL")
-        const killedAt = Date.now()
-        // Nobody released: the dead process's grant is still on the server (its last extension was at most a
-        // heartbeat, ttl / 3, before the kill)...
-        assert.deepStrictEqual(
-          (yield* LockBackend.inspect(name)).holders.map((h) => h.token),
-          [victimToken]
-        )
-        // ...until the server's TTL frees the name.
-        const lease = yield* Lock.scoped(name, {
-          ttl: "10 seconds",
-          timeout: "10 seconds",
-          retry: LockConfig.retryLinear({ initial: "50 millis", max: "50 millis", jitter: false }),
-          metadata: { worker: "next" }
-        })
-        const waited = Date.now() - killedAt
-        assert.isAtMost(waited, ttlMillis + 3_000, "freed by the TTL")
-        assert.isTrue(lease.token > victimToken, `${lease.token} > ${victimToken}`)
-        const after = yield* LockBackend.inspect(name)
-        assert.deepStrictEqual(
-          after.holders.map((h) => [h.owner, h.token, h.metadata]),
-          [[lease.owner, lease.token, { worker: "next" }]]
-        )
-        yield* lease.release
       }).pipe(Effect.scoped, Effect.provide(backendLayer(prefix)), Effect.andThen(assertNothingLeft(prefix)))
     },
     30_000
