@@ -177,7 +177,17 @@ const checkName = (name: string) =>
     ? Effect.void
     : Effect.fail(new InvalidLockRequest({ field: "name", reason: "must be well-formed UTF-16 (no lone surrogates)" }))
 
+/**
+ * One keep-alive of `lease`, tried up to three times: each try opens a stream
+ * on a member etcd3 picks, and a stream to a member that is down fails
+ * without etcd3 retrying it elsewhere.
+ */
 const keepAlive = (client: Etcd3, lease: string): Promise<number> =>
+  keepAliveOnce(client, lease)
+    .catch(() => keepAliveOnce(client, lease))
+    .catch(() => keepAliveOnce(client, lease))
+
+const keepAliveOnce = (client: Etcd3, lease: string): Promise<number> =>
   client.leaseClient.leaseKeepAlive().then(
     (stream) =>
       new Promise<number>((resolve, reject) => {

@@ -69,8 +69,18 @@ export const layer = (options: Options): Layer.Layer<EtcdClient, InvalidLockRequ
       if (!(callMillis > 0) || !Number.isFinite(callMillis)) {
         return yield* new InvalidLockRequest({ field: "callTimeout", reason: "must be a positive, finite duration" })
       }
+      // gRPC's own per-call deadline too, not only ours: a call to a stalled
+      // member then fails inside etcd3, which retries it on another member and
+      // opens that member's circuit breaker.
       const client = yield* Effect.acquireRelease(
-        Effect.sync(() => new Etcd3({ ...options.etcd3, hosts: [...endpoints] })),
+        Effect.sync(
+          () =>
+            new Etcd3({
+              defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callMillis }),
+              ...options.etcd3,
+              hosts: [...endpoints]
+            })
+        ),
         (c) => Effect.sync(() => c.close())
       )
       const call: EtcdClientShape["call"] = (operation, f, millis = callMillis) =>
