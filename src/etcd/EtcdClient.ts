@@ -69,14 +69,16 @@ export const layer = (options: Options): Layer.Layer<EtcdClient, InvalidLockRequ
       if (!(callMillis > 0) || !Number.isFinite(callMillis)) {
         return yield* new InvalidLockRequest({ field: "callTimeout", reason: "must be a positive, finite duration" })
       }
-      // gRPC's own per-call deadline too, not only ours: a call to a stalled
-      // member then fails inside etcd3, which retries it on another member and
-      // opens that member's circuit breaker.
+      // gRPC's own per-call deadline too (half of ours): a call to a stalled
+      // member then fails inside etcd3 in time to be retried on another member,
+      // and that member's circuit breaker opens. A retried call is safe: the
+      // guarded put finds its own key, a delete is idempotent, and a lease
+      // granted twice expires unused.
       const client = yield* Effect.acquireRelease(
         Effect.sync(
           () =>
             new Etcd3({
-              defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callMillis }),
+              defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callMillis / 2 }),
               ...options.etcd3,
               hosts: [...endpoints]
             })
