@@ -100,6 +100,29 @@ export const backendFloor = (backend: LockBackendShape, name: string): Effect.Ef
     yield* backend.release(name, owner)
   })
 
+/** The figures of a handover run: acquisitions per fiber, wait times, handovers, duration. */
+const summarize = (
+  options: { readonly section: string; readonly fibers: number },
+  counts: ReadonlyArray<number>,
+  waits: ReadonlyArray<number>,
+  handovers: number,
+  seconds: number
+): ContendedResult => {
+  const total = counts.reduce((a, b) => a + b, 0)
+  const min = Math.min(...counts)
+  return {
+    section: options.section,
+    fibers: options.fibers,
+    seconds,
+    acquisitionsPerSecond: total / seconds,
+    handoversPerSecond: handovers / seconds,
+    waitP50Millis: percentile(waits, 0.5),
+    waitP99Millis: percentile(waits, 0.99),
+    fairness: min === 0 ? Infinity : Math.max(...counts) / min,
+    starved: counts.filter((c) => c === 0).length
+  }
+}
+
 /** `fibers` fibers hand one name around for `millis`. */
 export const contended = (options: {
   readonly section: string
@@ -132,20 +155,7 @@ export const contended = (options: {
         }).pipe(Effect.repeat({ until: () => performance.now() >= deadline })),
       { concurrency: "unbounded", discard: true }
     )
-    const seconds = ((yield* now) - start) / 1000
-    const total = counts.reduce((a, b) => a + b, 0)
-    const min = Math.min(...counts)
-    return {
-      section: options.section,
-      fibers: options.fibers,
-      seconds,
-      acquisitionsPerSecond: total / seconds,
-      handoversPerSecond: handovers / seconds,
-      waitP50Millis: percentile(waits, 0.5),
-      waitP99Millis: percentile(waits, 0.99),
-      fairness: min === 0 ? Infinity : Math.max(...counts) / min,
-      starved: counts.filter((c) => c === 0).length
-    }
+    return summarize(options, counts, waits, handovers, ((yield* now) - start) / 1000)
   })
 
 /** Runs a section's effect on a backend layer. */
@@ -182,18 +192,5 @@ export const peerContended = (options: {
         }
       })
     )
-    const seconds = (performance.now() - start) / 1000
-    const total = counts.reduce((a, b) => a + b, 0)
-    const min = Math.min(...counts)
-    return {
-      section: options.section,
-      fibers: options.fibers,
-      seconds,
-      acquisitionsPerSecond: total / seconds,
-      handoversPerSecond: handovers / seconds,
-      waitP50Millis: percentile(waits, 0.5),
-      waitP99Millis: percentile(waits, 0.99),
-      fairness: min === 0 ? Infinity : Math.max(...counts) / min,
-      starved: counts.filter((c) => c === 0).length
-    }
+    return summarize(options, counts, waits, handovers, (performance.now() - start) / 1000)
   })

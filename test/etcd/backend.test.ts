@@ -935,6 +935,39 @@ describe("EtcdBackend: configuration (LOCK_PROVIDER=etcd)", () => {
   )
 })
 
+/**
+ * A rival (one-hour retry, woken by the deletion of the holder's key) takes
+ * `name`; it must not get it before `lease`'s own `expiresAt`, and its token
+ * must be greater. `before` runs once the rival has the name (e.g. to stop
+ * the holder's fiber), and `what` names the holder in the message.
+ */
+const rivalNotBeforeExpiry = (
+  name: string,
+  ttl: Duration.Input,
+  lease: Lease.Lease,
+  what: string,
+  before: Effect.Effect<void> = Effect.void
+) =>
+  Effect.gen(function* () {
+    const state = yield* lease.state
+    assert.strictEqual(state._tag, "Held")
+    const expiresAt = state._tag === "Held" ? state.expiresAt : 0
+    const rival = yield* Effect.scoped(
+      Effect.map(Lock.scoped(name, { ttl, retry: hourRetry, timeout: "10 seconds" }), (l) => ({
+        token: l.token,
+        at: Date.now()
+      }))
+    )
+    assert.isTrue(rival.token > lease.token)
+    const after = (yield* lease.state)._tag
+    yield* before
+    assert.isAtLeast(
+      rival.at,
+      expiresAt,
+      `a rival got the name ${expiresAt - rival.at} ms before ${what} said it expires (its state then: ${after})`
+    )
+  })
+
 describe("EtcdBackend: bugs found (regressions)", () => {
   it.live(
     "a lock granted on a spare lease, without heartbeat: the server must not give the name away before the lease's own expiresAt",
@@ -947,23 +980,7 @@ describe("EtcdBackend: bugs found (regressions)", () => {
           // ...which the next grant within ttl/3 takes: the scenario is its age.
           yield* Effect.sleep("900 millis")
           const lease = yield* Lock.scoped("job", { ttl, heartbeat: false, onLost: "ignore" })
-          const state = yield* lease.state
-          assert.strictEqual(state._tag, "Held")
-          const expiresAt = state._tag === "Held" ? state.expiresAt : 0
-          // A rival woken by the deletion of the holder's key (one-hour retry).
-          const rival = yield* Effect.scoped(
-            Effect.map(Lock.scoped("job", { ttl, retry: hourRetry, timeout: "10 seconds" }), (l) => ({
-              token: l.token,
-              at: Date.now()
-            }))
-          )
-          assert.isTrue(rival.token > lease.token)
-          assert.isAtLeast(
-            rival.at,
-            expiresAt,
-            `a rival got the name ${expiresAt - rival.at} ms before the holder's lease said it expires ` +
-              `(the holder's state then: ${(yield* lease.state)._tag})`
-          )
+          yield* rivalNotBeforeExpiry("job", ttl, lease, "the holder's lease")
         })
       ),
     20_000
@@ -996,24 +1013,7 @@ describe("EtcdBackend: bugs found (regressions)", () => {
           yield* Effect.sleep("900 millis")
           yield* holder.release
           const lease = yield* Deferred.await(granted)
-          const state = yield* lease.state
-          assert.strictEqual(state._tag, "Held")
-          const expiresAt = state._tag === "Held" ? state.expiresAt : 0
-          const rival = yield* Effect.scoped(
-            Effect.map(Lock.scoped("job", { ttl, retry: hourRetry, timeout: "10 seconds" }), (l) => ({
-              token: l.token,
-              at: Date.now()
-            }))
-          )
-          assert.isTrue(rival.token > lease.token)
-          const after = (yield* lease.state)._tag
-          yield* Fiber.interrupt(waiter)
-          assert.isAtLeast(
-            rival.at,
-            expiresAt,
-            `a rival got the name ${expiresAt - rival.at} ms before the granted waiter's lease said it expires ` +
-              `(its state then: ${after})`
-          )
+          yield* rivalNotBeforeExpiry("job", ttl, lease, "the granted waiter's lease", Fiber.interrupt(waiter))
         })
       ),
     20_000
