@@ -50,28 +50,12 @@ if redis.call('EXISTS', X) == 1 or redis.call('EXISTS', R) == 1 or redis.call('E
 end
 
 -- A repeated request of a holder (a retry after a lost answer) gets the same grant, extended.
-local prefix = x_prefix(owner)
-local x = redis.call('GET', X)
-if x and string.sub(x, 1, #prefix) == prefix then
-  redis.call('PEXPIRE', X, ttl)
-  keep(M, ttl)
-  keep(C, ttl + GRACE)
+local repeated = extend_grant(owner, ttl)
+if repeated then
   if swept then
     wake(channel, name, false, owner)
   end
-  return { 1, tonumber(string.match(x, '^(%d+)', #prefix + 1)), false }
-end
-local held = redis.call('HGET', RI, owner)
-if held then
-  redis.call('ZADD', R, NOW + ttl, owner)
-  keep(R, ttl)
-  keep(RI, ttl)
-  keep(M, ttl)
-  keep(C, ttl + GRACE)
-  if swept then
-    wake(channel, name, false, owner)
-  end
-  return { 1, tonumber(string.match(held, '^%d+|(%d+)')), false }
+  return { 1, repeated, false }
 end
 
 local arrival = redis.call('ZSCORE', Q, owner)
@@ -97,7 +81,7 @@ local token = math.max(tonumber(redis.call('GET', C) or '0') + 1, NOW_US, floor)
 redis.call('SET', C, fmt(token), 'KEEPTTL')
 keep(C, ttl + GRACE)
 if mode == 'exclusive' then
-  redis.call('SET', X, prefix .. fmt(token) .. '|' .. NOW .. '|' .. metadata, 'PX', ttl)
+  redis.call('SET', X, x_prefix(owner) .. fmt(token) .. '|' .. NOW .. '|' .. metadata, 'PX', ttl)
 else
   redis.call('ZADD', R, NOW + ttl, owner)
   redis.call('HSET', RI, owner, permits_text .. '|' .. fmt(token) .. '|' .. NOW .. '|' .. mode .. '|' .. metadata)

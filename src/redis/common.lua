@@ -68,6 +68,29 @@ local function x_prefix(owner)
   return #owner .. ':' .. owner .. '|'
 end
 
+-- Extends `owner`'s grant (exclusive, shared or permits) to `ttl` ms from now; returns its token, or nil when
+-- the owner holds nothing (after the sweep).
+local function extend_grant(owner, ttl)
+  local prefix = x_prefix(owner)
+  local x = redis.call('GET', X)
+  if x and string.sub(x, 1, #prefix) == prefix then
+    redis.call('PEXPIRE', X, ttl)
+    keep(M, ttl)
+    keep(C, ttl + GRACE)
+    return tonumber(string.match(x, '^(%d+)', #prefix + 1))
+  end
+  local held = redis.call('HGET', RI, owner)
+  if held then
+    redis.call('ZADD', R, NOW + ttl, owner)
+    keep(R, ttl)
+    keep(RI, ttl)
+    keep(M, ttl)
+    keep(C, ttl + GRACE)
+    return tonumber(string.match(held, '^%d+|(%d+)'))
+  end
+  return nil
+end
+
 local function held_permits()
   local total = 0
   local records = redis.call('HVALS', RI)

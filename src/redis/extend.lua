@@ -9,23 +9,11 @@ local channel, name, owner, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if sweep() then
   wake(channel, name, false, '')
 end
-local prefix = x_prefix(owner)
-local x = redis.call('GET', X)
-if x and string.sub(x, 1, #prefix) == prefix then
-  redis.call('PEXPIRE', X, ttl)
-  keep(M, ttl)
-  keep(C, ttl + GRACE)
+if extend_grant(owner, ttl) then
   return 'extended'
 end
-if redis.call('ZSCORE', R, owner) then
-  redis.call('ZADD', R, 'XX', NOW + ttl, owner)
-  keep(R, ttl)
-  keep(RI, ttl)
-  keep(M, ttl)
-  keep(C, ttl + GRACE)
-  return 'extended'
-end
-if x then
+-- Another owner holds the name exclusively.
+if redis.call('EXISTS', X) == 1 then
   return 'stolen'
 end
 return 'expired'
