@@ -71,6 +71,13 @@ export interface Grant {
    * whose grants end only by TTL leave it out; the heartbeat finds out then.
    */
   readonly lost?: Effect.Effect<LostReason> | undefined
+  /**
+   * Milliseconds the store had already been counting this grant's TTL when
+   * the granting request was sent: a grant made on a lease granted or kept
+   * alive earlier (etcd). The core then counts the lease, its heartbeat and
+   * its loss deadline from that much earlier. Default 0.
+   */
+  readonly leaseAge?: number | undefined
 }
 
 /**

@@ -37,7 +37,7 @@
  * @since 0.1.0
  */
 import { Clock, Config, Effect, Layer, Option, type Scope } from "effect"
-import type { Etcd3 } from "etcd3"
+import { type Etcd3, Range } from "etcd3"
 import {
   type ExtendOutcome,
   type Grant,
@@ -90,33 +90,68 @@ interface Record {
   readonly metadata: { readonly [key: string]: string }
 }
 
-interface Entry {
-  readonly key: string
-  readonly lease: string
-  readonly ttlSeconds: number
-  createRevision: bigint
-  granted: boolean
-  /** When the lease was last granted or kept alive (`Date.now()`). */
-  refreshedAt: number
-  /** The name's keys as the last attempt read them, at `revision`; a wait starts from there. */
-  lastRead: { readonly revision: bigint; readonly kvs: ReadonlyArray<Kv> } | undefined
-  /** The watch on what blocks this queued request, once it waited. */
-  watch: BlockerWatch | undefined
-}
-
-/** A watch on the key(s) that block a queued request. */
-interface BlockerWatch {
-  /** The blocker was deleted (or the watch broke): the request may proceed, or must look again. */
-  gone: boolean
-  readonly wakers: Set<() => void>
-  cancel: () => void
-}
-
 interface Kv {
   readonly key: string
   readonly create: bigint
   readonly lease: string
   readonly record: Record
+}
+
+/** One request of this process: a key put under the name, queued or granted. */
+interface Entry {
+  readonly name: string
+  readonly key: string
+  readonly lease: string
+  readonly ttlSeconds: number
+  readonly own: Kv
+  /** The grant, once granted (a repeated request gets it again). */
+  grant: Grant | undefined
+  /** When the lease was last granted or kept alive (`Date.now()` when that request was sent). */
+  refreshedAt: number
+  /** What blocks this queued request, kept current by the name's watch; undefined: unknown (read again). */
+  view: View | undefined
+  /** The own key was deleted (its lease expired or was revoked): nothing is queued any more. */
+  gone: boolean
+  /** Woken when the request may proceed, its key is gone, or its view is lost. */
+  readonly wakers: Set<() => void>
+}
+
+/** The keys created before a queued request's own that still exist, as of `revision` plus the watch's deletions. */
+interface View {
+  readonly watch: NameWatch
+  readonly revision: bigint
+  readonly earlier: Map<string, Kv>
+  /** Exclusive (writer) keys among `earlier`. */
+  writers: number
+  /** Permits of `earlier`. */
+  permits: number
+}
+
+/**
+ * The process's watch on the deletions under one name: it keeps the views
+ * of the name's queued requests current, so a waiter learns that its turn
+ * came without reading the queue again.
+ */
+interface NameWatch {
+  readonly name: string
+  readonly cancel: () => void
+  /** Every deletion after this revision is delivered; undefined until the watch is created on the server. */
+  start: bigint | undefined
+  /** Disconnected, cancelled or closed: it delivers nothing more. */
+  broken: boolean
+  /** Recent deletions, for views read before they arrived. */
+  readonly log: Array<{ readonly revision: bigint; readonly key: string }>
+  /** Deletions at or below this revision may be missing from `log`. */
+  logFloor: bigint
+  /** Requests whose views it keeps. */
+  readonly entries: Set<Entry>
+  /** Subscriptions without a queued request: any deletion wakes them. */
+  readonly listeners: Set<Listener>
+  /** Waiting for the watch to be created (or to break). */
+  readonly onReady: Set<() => void>
+  /** Subscriptions using it. */
+  users: number
+  linger: ReturnType<typeof setTimeout> | undefined
 }
 
 const kindOf = (mode: LockMode) => (mode === "permits" ? "semaphore" : "lock")
@@ -151,23 +186,34 @@ const kvsOf = (
   return out.toSorted((a, b) => (a.create < b.create ? -1 : a.create > b.create ? 1 : 0))
 }
 
-/** The keys before `index` that keep `kvs[index]` from being granted now (empty: it may be granted). */
-const blockers = (kvs: ReadonlyArray<Kv>, index: number): Array<Kv> => {
-  const own = kvs[index]!.record
-  const earlier = kvs.slice(0, index)
+/** Whether `own` must wait for keys created before it with these totals. */
+const blockedBy = (own: Record, earlier: number, writers: number, permits: number): boolean => {
   switch (own.mode) {
     case "exclusive":
-      return earlier.slice(-1)
-    case "shared": {
-      const writers = earlier.filter((kv) => kv.record.mode === "exclusive")
-      return writers.slice(-1)
-    }
-    case "permits": {
-      const taken = earlier.reduce((sum, kv) => sum + kv.record.permits, 0)
-      return taken + own.permits <= own.limit ? [] : earlier
-    }
+      // Every earlier key (holder or waiter) comes first.
+      return earlier > 0
+    case "shared":
+      // Readers wait only for earlier writers.
+      return writers > 0
+    case "permits":
+      // The earlier keys' permits plus its own must fit the limit.
+      return permits + own.permits > own.limit
   }
 }
+
+/** Whether `kvs[index]` must wait for the keys before it. */
+const blockedAt = (kvs: ReadonlyArray<Kv>, index: number): boolean => {
+  let writers = 0
+  let permits = 0
+  for (let i = 0; i < index; i++) {
+    if (kvs[i]!.record.mode === "exclusive") writers++
+    permits += kvs[i]!.record.permits
+  }
+  return blockedBy(kvs[index]!.record, index, writers, permits)
+}
+
+const blockedView = (entry: Entry, view: View): boolean =>
+  blockedBy(entry.own.record, view.earlier.size, view.writers, view.permits)
 
 /** The in-process key of a request: its name and owner. */
 const entryKey = (name: string, owner: string) => `${name.length}:${name}${owner}`
@@ -177,28 +223,96 @@ const checkName = (name: string) =>
     ? Effect.void
     : Effect.fail(new InvalidLockRequest({ field: "name", reason: "must be well-formed UTF-16 (no lone surrogates)" }))
 
-/**
- * One keep-alive of `lease`, tried up to three times: each try opens a stream
- * on a member etcd3 picks, and a stream to a member that is down fails
- * without etcd3 retrying it elsewhere.
- */
-const keepAlive = (client: Etcd3, lease: string): Promise<number> =>
-  keepAliveOnce(client, lease)
-    .catch(() => keepAliveOnce(client, lease))
-    .catch(() => keepAliveOnce(client, lease))
+/** Deletions kept for views read before they arrived. */
+const LOG_SIZE = 1024
+/** Spare leases kept per TTL (granted ahead, or kept from a release). */
+const SPARES = 2
+/** How long a name's watch outlives its last user. */
+const LINGER_MILLIS = 1000
 
-const keepAliveOnce = (client: Etcd3, lease: string): Promise<number> =>
-  client.leaseClient.leaseKeepAlive().then(
-    (stream) =>
-      new Promise<number>((resolve, reject) => {
-        stream.on("data", (response: { TTL: string }) => {
-          stream.end()
-          resolve(Number(response.TTL))
-        })
-        stream.on("error", reject)
-        stream.write({ ID: lease })
+/**
+ * Lease keep-alives over one long-lived stream (opened on first use), each
+ * answer matched to the oldest unanswered request for its lease. An attempt
+ * unanswered within `attemptMillis` discards the stream (failing every
+ * request on it); each keep-alive is tried up to three times, so a stream to
+ * a member that is down or stalled is replaced by one etcd3 opens elsewhere.
+ */
+const makeKeepAlives = (client: Etcd3, attemptMillis: number) => {
+  interface Pending {
+    readonly resolve: (ttl: number) => void
+    readonly reject: (cause: unknown) => void
+  }
+  interface Channel {
+    readonly pending: Map<string, Array<Pending>>
+    closed: boolean
+    stream: Promise<{ write: (item: { ID: string }) => void; cancel: () => void }> | undefined
+  }
+  let current: Channel | undefined
+  const discard = (channel: Channel, cause: unknown) => {
+    if (current === channel) current = undefined
+    if (channel.closed) return
+    channel.closed = true
+    for (const queue of channel.pending.values()) for (const pending of queue) pending.reject(cause)
+    channel.pending.clear()
+    channel.stream?.then(
+      (stream) => stream.cancel(),
+      () => undefined
+    )
+  }
+  const open = (): Channel => {
+    const channel: Channel = { pending: new Map(), closed: false, stream: undefined }
+    channel.stream = client.leaseClient.leaseKeepAlive().then((stream) => {
+      stream.on("data", (response: { ID: string; TTL: string }) => {
+        const queue = channel.pending.get(response.ID)
+        const pending = queue?.shift()
+        if (queue?.length === 0) channel.pending.delete(response.ID)
+        pending?.resolve(Number(response.TTL))
       })
-  )
+      stream.on("error", (error) => discard(channel, error))
+      stream.on("end", () => discard(channel, new Error("the keep-alive stream ended")))
+      if (channel.closed) stream.cancel()
+      return stream
+    })
+    channel.stream.catch((error: unknown) => discard(channel, error))
+    return channel
+  }
+  const once = (lease: string) =>
+    new Promise<number>((resolve, reject) => {
+      const channel = current ?? (current = open())
+      const timer = setTimeout(
+        () => discard(channel, new Error(`keep-alive unanswered after ${attemptMillis} ms`)),
+        attemptMillis
+      )
+      const queue = channel.pending.get(lease) ?? []
+      queue.push({
+        resolve: (ttl) => {
+          clearTimeout(timer)
+          resolve(ttl)
+        },
+        reject: (cause) => {
+          clearTimeout(timer)
+          reject(cause)
+        }
+      })
+      channel.pending.set(lease, queue)
+      channel.stream!.then(
+        (stream) => {
+          if (!channel.closed) stream.write({ ID: lease })
+        },
+        () => undefined
+      )
+    })
+  return {
+    /** The lease's remaining TTL in seconds (0: it expired or is unknown). */
+    keepAlive: (lease: string): Promise<number> =>
+      once(lease)
+        .catch(() => once(lease))
+        .catch(() => once(lease)),
+    close: () => {
+      if (current !== undefined) discard(current, new Error("the etcd backend was closed"))
+    }
+  }
+}
 
 /**
  * Builds the backend on the `EtcdClient` in context; leases still held when
@@ -216,17 +330,201 @@ export const make = (
     }
     const etcd = yield* EtcdClient.EtcdClient
     const namePrefix = (name: string) => `${prefix}${encodeURIComponent(name)}/`
-    const keyOf = (name: string, owner: string) => `${namePrefix(name)}${encodeURIComponent(owner)}`
+    // Keyed by lease, as in etcd's own recipe: leases are reused (spares), so
+    // a busy name keeps a few key names instead of leaving one tombstone per
+    // acquisition, which every range over the name would walk until compaction.
+    const keyOf = (name: string, lease: string) => `${namePrefix(name)}${BigInt(lease).toString(16)}`
+    const keepAlives = makeKeepAlives(etcd.client, Math.max(1, Math.floor(etcd.callMillis / 3)))
+    const keepAlive = (lease: string) => etcd.call("extend", () => keepAlives.keepAlive(lease))
     const entries = new Map<string, Entry>()
-    /** Drops a request's bookkeeping and its watch. */
-    const forget = (id: string) => {
-      entries.get(id)?.watch?.cancel()
-      entries.delete(id)
-    }
+    const watches = new Map<string, NameWatch>()
     /** Spare leases (granted ahead, or kept after a release), per TTL in seconds, with their last refresh. */
     const spares = new Map<number, Array<{ readonly id: string; readonly at: number }>>()
     /** The smallest lease TTL the server granted as asked, once known. */
     let minimumSeconds = 0
+
+    const wake = (entry: Entry) => {
+      const wakers = [...entry.wakers]
+      entry.wakers.clear()
+      for (const w of wakers) w()
+    }
+
+    // ---- The per-name watches ------------------------------------------------
+
+    /** Stops a watch; the views it kept become unknown and everyone waiting on it is woken. */
+    const breakWatch = (watch: NameWatch) => {
+      if (watch.broken) return
+      watch.broken = true
+      if (watches.get(watch.name) === watch) watches.delete(watch.name)
+      if (watch.linger !== undefined) clearTimeout(watch.linger)
+      watch.cancel()
+      const kept = [...watch.entries]
+      watch.entries.clear()
+      for (const entry of kept) {
+        entry.view = undefined
+        wake(entry)
+      }
+      for (const listener of watch.listeners) signal(listener)
+    }
+
+    /** Closes a watch nobody uses, after a short linger (a new waiter often follows). */
+    const maybeClose = (watch: NameWatch) => {
+      if (watch.broken || watch.users > 0 || watch.entries.size > 0 || watch.linger !== undefined) return
+      watch.linger = setTimeout(() => {
+        watch.linger = undefined
+        if (watch.users === 0 && watch.entries.size === 0) breakWatch(watch)
+      }, LINGER_MILLIS)
+      watch.linger.unref()
+    }
+
+    const keep = (watch: NameWatch) => {
+      if (watch.linger !== undefined) {
+        clearTimeout(watch.linger)
+        watch.linger = undefined
+      }
+    }
+
+    /** A deletion under the watched name, at `revision`. */
+    const deleted = (watch: NameWatch, key: string, revision: bigint) => {
+      watch.log.push({ revision, key })
+      if (watch.log.length > 2 * LOG_SIZE) {
+        const dropped = watch.log.splice(0, watch.log.length - LOG_SIZE)
+        watch.logFloor = dropped[dropped.length - 1]!.revision
+      }
+      for (const listener of watch.listeners) signal(listener)
+      for (const entry of watch.entries) {
+        if (applyDeletion(entry, key, revision)) wake(entry)
+      }
+    }
+
+    /** Applies one deletion to `entry`'s view; true when that may let it proceed (or its key is gone). */
+    const applyDeletion = (entry: Entry, key: string, revision: bigint): boolean => {
+      const view = entry.view
+      if (view === undefined || revision <= view.revision) return false
+      if (key === entry.key) {
+        entry.gone = true
+        return true
+      }
+      const kv = view.earlier.get(key)
+      if (kv === undefined) return false
+      view.earlier.delete(key)
+      if (kv.record.mode === "exclusive") view.writers--
+      view.permits -= kv.record.permits
+      return !blockedView(entry, view)
+    }
+
+    /** The process's watch on `name`'s deletions, started (from now) if there is none. */
+    const watchOf = (name: string): NameWatch => {
+      const existing = watches.get(name)
+      if (existing !== undefined) return existing
+      const watcher = etcd.client.watch().prefix(namePrefix(name)).only("delete").watcher()
+      const watch: NameWatch = {
+        name,
+        cancel: () => void watcher.cancel().catch(() => undefined),
+        start: undefined,
+        broken: false,
+        log: [],
+        logFloor: 0n,
+        entries: new Set(),
+        listeners: new Set(),
+        onReady: new Set(),
+        users: 0,
+        linger: undefined
+      }
+      watcher.on("connected", (response: { header: { revision: string } }) => {
+        if (watch.start !== undefined) return
+        watch.start = BigInt(response.header.revision)
+        for (const ready of [...watch.onReady]) ready()
+        watch.onReady.clear()
+      })
+      watcher.on("delete", (kv: { key: Buffer; mod_revision: string }) =>
+        deleted(watch, kv.key.toString("utf8"), BigInt(kv.mod_revision))
+      )
+      // A watch that lost its stream may have missed deletions: its views are dropped.
+      watcher.on("disconnected", () => breakWatch(watch))
+      watcher.on("error", () => breakWatch(watch))
+      watcher.on("end", () => breakWatch(watch))
+      watches.set(name, watch)
+      maybeClose(watch)
+      return watch
+    }
+
+    /**
+     * Waits until `watch` is created on the server, or broke after that, or
+     * one call deadline passed (a watch that cannot be created, e.g. while
+     * the cluster is down, paces the waiters' attempts).
+     */
+    const ready = (watch: NameWatch): Effect.Effect<void> =>
+      Effect.callback<void>((resume) => {
+        if (watch.start !== undefined) return resume(Effect.void)
+        let done = false
+        const finish = () => {
+          if (done) return
+          done = true
+          clearTimeout(timer)
+          watch.onReady.delete(finish)
+          resume(Effect.void)
+        }
+        const timer = setTimeout(finish, etcd.callMillis)
+        watch.onReady.add(finish)
+        return Effect.sync(() => {
+          done = true
+          clearTimeout(timer)
+          watch.onReady.delete(finish)
+        })
+      })
+
+    /**
+     * Gives `entry` a view from a read of its name at `revision`, when the
+     * name's watch delivers every deletion after that revision (else the
+     * view stays unknown and the next attempt reads again).
+     */
+    const attachView = (entry: Entry, revision: bigint, kvs: ReadonlyArray<Kv>, index: number) => {
+      detachView(entry)
+      const watch = watches.get(entry.name)
+      if (
+        watch === undefined ||
+        watch.broken ||
+        watch.start === undefined ||
+        revision < watch.start ||
+        revision < watch.logFloor
+      ) {
+        return
+      }
+      const view: View = { watch, revision, earlier: new Map(), writers: 0, permits: 0 }
+      for (let i = 0; i < index; i++) {
+        const kv = kvs[i]!
+        view.earlier.set(kv.key, kv)
+        if (kv.record.mode === "exclusive") view.writers++
+        view.permits += kv.record.permits
+      }
+      entry.view = view
+      watch.entries.add(entry)
+      keep(watch)
+      // Deletions the watch delivered before this read's answer came back.
+      let first = watch.log.length
+      while (first > 0 && watch.log[first - 1]!.revision > revision) first--
+      for (let i = first; i < watch.log.length; i++) applyDeletion(entry, watch.log[i]!.key, watch.log[i]!.revision)
+    }
+
+    const detachView = (entry: Entry) => {
+      const view = entry.view
+      if (view === undefined) return
+      entry.view = undefined
+      view.watch.entries.delete(entry)
+      maybeClose(view.watch)
+    }
+
+    /** Drops a request's bookkeeping and its view. */
+    const forget = (id: string) => {
+      const entry = entries.get(id)
+      if (entry === undefined) return
+      entries.delete(id)
+      detachView(entry)
+      wake(entry)
+    }
+
+    // ---- Leases --------------------------------------------------------------
 
     const revoke = (lease: string) =>
       etcd
@@ -254,7 +552,10 @@ export const make = (
         return response.ID
       })
 
-    /** A lease for a new key: a spare granted less than a third of its TTL ago, or a fresh one. */
+    /**
+     * A lease for a new key: a spare granted or kept alive less than a third
+     * of its TTL ago (the grant reports its age), or a fresh one.
+     */
     const leaseFor = (ttlSeconds: number) =>
       Effect.gen(function* () {
         if (ttlSeconds < minimumSeconds) {
@@ -285,17 +586,31 @@ export const make = (
         Effect.gen(function* () {
           const pool = spares.get(ttlSeconds) ?? []
           spares.set(ttlSeconds, pool)
-          if (pool.length >= 2) return
+          if (pool.length >= SPARES) return
           const at = Date.now()
           const id = yield* grantLease(ttlSeconds)
           pool.push({ id, at })
         })
       ).pipe(Effect.uninterruptible)
 
+    /** Keeps `entry`'s lease alive; false (and the request forgotten) when it expired. */
+    const refresh = (id: string, entry: Entry) =>
+      Effect.gen(function* () {
+        const sent = Date.now()
+        const ttl = yield* keepAlive(entry.lease)
+        if (ttl <= 0) {
+          forget(id)
+          return false
+        }
+        entry.refreshedAt = Math.max(entry.refreshedAt, sent)
+        return true
+      })
+
     const backendScope = yield* Effect.scope
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
-        for (const entry of entries.values()) entry.watch?.cancel()
+        for (const watch of [...watches.values()]) breakWatch(watch)
+        keepAlives.close()
         const leases = [...entries.values()].map((entry) => entry.lease)
         for (const pool of spares.values()) for (const spare of pool) leases.push(spare.id)
         entries.clear()
@@ -307,135 +622,181 @@ export const make = (
       })
     )
 
+    // ---- Grants --------------------------------------------------------------
+
     const readName = (name: string) =>
       etcd.call("acquire", (c) => c.getAll().prefix(namePrefix(name)).sort("Create", "Ascend").exec())
 
-    const tryAcquire = (
-      request: GrantRequest
-    ): Effect.Effect<Option.Option<Grant>, LockBackendUnavailable | InvalidLockRequest> =>
-      Effect.gen(function* () {
-        yield* checkName(request.name)
-        const started = Date.now()
-        const ttlSeconds = Math.max(1, Math.ceil(request.ttlMillis / 1000))
-        const id = entryKey(request.name, request.owner)
-        const key = keyOf(request.name, request.owner)
-        let entry = entries.get(id)
-        if (
-          entry !== undefined &&
-          !entry.granted &&
-          request.queue &&
-          entry.watch !== undefined &&
-          !entry.watch.gone &&
-          Date.now() - entry.refreshedAt < (entry.ttlSeconds * 1000) / 3
-        ) {
-          // Still blocked: the watch on what blocks it has seen no deletion.
-          return Option.none()
+    const granted = (entry: Entry, started: number): Option.Option<Grant> => {
+      detachView(entry)
+      const age = started - entry.refreshedAt
+      entry.grant = age > 0 ? { token: entry.own.create, leaseAge: age } : { token: entry.own.create }
+      return Option.some(entry.grant)
+    }
+
+    /** A kind or limit that disagrees with another key of the name. */
+    const conflict = (request: GrantRequest, key: string, kvs: ReadonlyArray<Kv>): InvalidLockRequest | undefined => {
+      const other = kvs.find((kv) => kv.key !== key && kindOf(kv.record.mode) !== kindOf(request.mode))
+      if (other !== undefined) {
+        return new InvalidLockRequest({
+          field: "mode",
+          reason: `"${request.name}" is in use as a ${kindOf(other.record.mode)}, not as a ${kindOf(request.mode)}`
+        })
+      }
+      if (request.mode === "permits") {
+        const mismatch = kvs.find((kv) => kv.key !== key && kv.record.limit !== request.limit)
+        if (mismatch !== undefined) {
+          return new InvalidLockRequest({
+            field: "limit",
+            reason: `"${request.name}" is in use with limit ${mismatch.record.limit}, not ${request.limit}`
+          })
         }
-        const leased = entry === undefined ? yield* leaseFor(ttlSeconds) : undefined
-        const lease = entry?.lease ?? leased!.id
-        const now = yield* Clock.currentTimeMillis
+      }
+      return undefined
+    }
+
+    /** A new request: the guarded put and the read of the name's keys, in one transaction. */
+    /**
+     * A new request, in one transaction: when the name has no key at all, the
+     * put alone (granted: its revision is the token); else a put guarded on
+     * the key's create revision 0 (a retried call finds its own key) and the
+     * read of the name's keys in create-revision order.
+     */
+    const first = (request: GrantRequest, id: string, started: number) =>
+      Effect.gen(function* () {
+        const ttlSeconds = Math.max(1, Math.ceil(request.ttlMillis / 1000))
+        const leased = yield* leaseFor(ttlSeconds)
+        const key = keyOf(request.name, leased.id)
         const record: Record = {
           owner: request.owner,
           mode: request.mode,
           permits: request.permits,
           limit: request.limit,
-          since: now,
+          since: yield* Clock.currentTimeMillis,
           metadata: request.metadata
         }
-        // A queued request's key exists: a (linearizable) read of the queue is
-        // enough, and cheaper than a transaction, which etcd commits through raft.
-        const read =
-          entry !== undefined
-            ? readName(request.name)
-            : etcd
-                .call("acquire", (c) =>
-                  c
-                    .if(key, "Create", "==", 0)
-                    .then(
-                      c.put(key).value(JSON.stringify(record)).lease(lease),
-                      c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend")
-                    )
-                    .else(c.getAll().prefix(namePrefix(request.name)).sort("Create", "Ascend"))
-                    .commit()
-                )
-                .pipe(
-                  Effect.tapError(() => Effect.ignore(revoke(lease))),
-                  Effect.map((answer) => {
-                    const response = answer.responses[answer.succeeded ? 1 : 0]?.response_range
-                    return { kvs: response?.kvs ?? [], header: answer.header }
-                  })
-                )
-        // The core counts the lease from when it sent this request: a lease
-        // not granted within this call is kept alive now (in parallel), so
-        // that the server never expires a grant before the holder expects.
-        const fresh = leased !== undefined && leased.at >= started
-        const [ttlLeft, range] = yield* Effect.all(
-          [fresh ? Effect.succeed(ttlSeconds) : etcd.call("extend", (c) => keepAlive(c, lease)), read],
-          { concurrency: 2 }
-        )
-        if (ttlLeft <= 0) {
-          // The lease expired (and its key with it): nothing is held or queued.
-          forget(id)
-          return Option.none()
-        }
-        const kvs = kvsOf(range.kvs)
-        const index = kvs.findIndex((kv) => kv.key === key)
-        if (index === -1) {
-          // Our key vanished between put and read (its lease expired): nothing is held.
-          forget(id)
-          return Option.none()
-        }
-        const own = kvs[index]!
-        if (entry === undefined) {
-          entry = {
+        const names = Range.prefix(namePrefix(request.name))
+        const keyBytes = Buffer.from(key)
+        const put = { request_put: { key: keyBytes, value: Buffer.from(JSON.stringify(record)), lease: leased.id } }
+        const range = {
+          request_range: { key: names.start, range_end: names.end, sort_order: "Ascend", sort_target: "Create" }
+        } as const
+        const answer = yield* etcd
+          .call("acquire", (c) =>
+            c.kv.txn({
+              compare: [{ key: names.start, range_end: names.end, target: "Create", result: "Equal", create_revision: 0 }],
+              success: [put],
+              failure: [
+                {
+                  request_txn: {
+                    compare: [{ key: keyBytes, target: "Create", result: "Equal", create_revision: 0 }],
+                    success: [put, range],
+                    failure: [range]
+                  }
+                }
+              ]
+            })
+          )
+          .pipe(Effect.tapError(() => Effect.ignore(revoke(leased.id))))
+        const entryOf = (own: Kv): Entry => {
+          const entry: Entry = {
+            name: request.name,
             key,
             lease: own.lease,
             ttlSeconds,
-            createRevision: own.create,
-            granted: false,
-            refreshedAt: fresh ? leased!.at : started,
-            lastRead: undefined,
-            watch: undefined
+            own,
+            grant: undefined,
+            refreshedAt: leased.at,
+            view: undefined,
+            gone: false,
+            wakers: new Set()
           }
           entries.set(id, entry)
-        } else {
-          entry.refreshedAt = started
+          return entry
         }
-        const drop = Effect.suspend(() => {
+        if (answer.succeeded) {
+          // The name was free: granted.
+          return granted(entryOf({ key, create: BigInt(answer.header.revision), lease: leased.id, record }), started)
+        }
+        const nested = answer.responses[0]?.response_txn
+        const kvs = kvsOf(nested?.responses[nested.succeeded ? 1 : 0]?.response_range.kvs)
+        const index = kvs.findIndex((kv) => kv.key === key)
+        if (index === -1) {
+          // Not put, and not there (cannot happen with a live lease): nothing is held.
+          yield* Effect.ignore(revoke(leased.id))
+          return Option.none<Grant>()
+        }
+        const entry = entryOf(kvs[index]!)
+        return yield* decide(request, entry, started, BigInt(answer.header.revision), kvs, index)
+      })
+
+    /** The answer to a request whose keys were just read. */
+    const decide = (
+      request: GrantRequest,
+      entry: Entry,
+      started: number,
+      revision: bigint,
+      kvs: ReadonlyArray<Kv>,
+      index: number
+    ) =>
+      Effect.gen(function* () {
+        const invalid = conflict(request, entry.key, kvs)
+        if (invalid !== undefined) {
+          yield* release(request.name, request.owner)
+          return yield* invalid
+        }
+        if (!blockedAt(kvs, index)) return granted(entry, started)
+        if (!request.queue) {
+          // A single attempt leaves nothing behind (its lease may serve the next request).
+          yield* release(request.name, request.owner)
+          return Option.none<Grant>()
+        }
+        attachView(entry, revision, kvs, index)
+        return Option.none<Grant>()
+      })
+
+    /** A queued request asks again: its view answers, or a read when unknown (or due with the refresh). */
+    const again = (request: GrantRequest, id: string, entry: Entry, started: number) =>
+      Effect.gen(function* () {
+        if (entry.gone) {
           forget(id)
-          return revoke(entry!.lease)
+          return Option.none<Grant>()
+        }
+        if (entry.grant !== undefined) return Option.some(entry.grant)
+        const ttlMillis = entry.ttlSeconds * 1000
+        // The core asks at least every ttl/3 while waiting: each such refresh
+        // keeps the lease alive and reads the queue again (a watch on a
+        // stalled member delivers nothing, and then only reads find a release).
+        const due = started - entry.refreshedAt >= ttlMillis / 4
+        const view = entry.view
+        if (view !== undefined && !due) {
+          if (blockedView(entry, view)) return Option.none<Grant>()
+          return granted(entry, started)
+        }
+        const [alive, read] = yield* Effect.all([due ? refresh(id, entry) : Effect.succeed(true), readName(entry.name)], {
+          concurrency: 2
         })
-        const other = kvs.find((kv) => kv.key !== key && kindOf(kv.record.mode) !== kindOf(request.mode))
-        if (other !== undefined) {
-          yield* drop
-          return yield* new InvalidLockRequest({
-            field: "mode",
-            reason: `"${request.name}" is in use as a ${kindOf(other.record.mode)}, not as a ${kindOf(request.mode)}`
-          })
+        if (!alive) return Option.none<Grant>()
+        const kvs = kvsOf(read.kvs)
+        const index = kvs.findIndex((kv) => kv.key === entry.key)
+        if (index === -1) {
+          // Its key is gone (the lease expired): nothing is queued.
+          forget(id)
+          yield* Effect.ignore(revoke(entry.lease))
+          return Option.none<Grant>()
         }
-        if (request.mode === "permits") {
-          const mismatch = kvs.find((kv) => kv.key !== key && kv.record.limit !== request.limit)
-          if (mismatch !== undefined) {
-            yield* drop
-            return yield* new InvalidLockRequest({
-              field: "limit",
-              reason: `"${request.name}" is in use with limit ${mismatch.record.limit}, not ${request.limit}`
-            })
-          }
-        }
-        entry.lastRead = { revision: BigInt(range.header.revision), kvs }
-        if (entry.watch?.gone === true) entry.watch = undefined
-        if (blockers(kvs, index).length === 0) {
-          entry.watch?.cancel()
-          entry.watch = undefined
-          entry.granted = true
-          return Option.some<Grant>({ token: own.create })
-        }
-        if (!request.queue && !entry.granted) {
-          // A single attempt leaves nothing behind.
-          yield* drop
-        }
-        return Option.none()
+        return yield* decide(request, entry, started, BigInt(read.header.revision), kvs, index)
+      })
+
+    const tryAcquire = (
+      request: GrantRequest
+    ): Effect.Effect<Option.Option<Grant>, LockBackendUnavailable | InvalidLockRequest> =>
+      Effect.suspend(() => {
+        if (!request.name.isWellFormed()) return checkName(request.name).pipe(Effect.as(Option.none<Grant>()))
+        const started = Date.now()
+        const id = entryKey(request.name, request.owner)
+        const entry = entries.get(id)
+        return entry === undefined ? first(request, id, started) : again(request, id, entry, started)
       }).pipe(
         // A lease granted or a key put is always recorded (or dropped) before
         // an interruption lands; every call has a deadline.
@@ -448,22 +809,16 @@ export const make = (
       ttlMillis: number
     ): Effect.Effect<ExtendOutcome, LockBackendUnavailable | InvalidLockRequest> =>
       Effect.gen(function* () {
-        const entry = entries.get(entryKey(name, owner))
-        if (entry === undefined || !entry.granted) return "expired" as const
+        const id = entryKey(name, owner)
+        const entry = entries.get(id)
+        if (entry === undefined || entry.grant === undefined) return "expired" as const
         if (Math.max(1, Math.ceil(ttlMillis / 1000)) !== entry.ttlSeconds) {
           return yield* new InvalidLockRequest({
             field: "ttl",
             reason: `an etcd lease keeps the TTL it was granted with (${entry.ttlSeconds} s)`
           })
         }
-        const sent = Date.now()
-        const ttl = yield* etcd.call("extend", (c) => keepAlive(c, entry.lease))
-        if (ttl <= 0) {
-          forget(entryKey(name, owner))
-          return "expired" as const
-        }
-        entry.refreshedAt = sent
-        return "extended" as const
+        return (yield* refresh(id, entry)) ? ("extended" as const) : ("expired" as const)
       })
 
     const release = (name: string, owner: string): Effect.Effect<boolean, LockBackendUnavailable> =>
@@ -472,13 +827,25 @@ export const make = (
         const id = entryKey(name, owner)
         const entry = entries.get(id)
         if (entry === undefined) {
-          // Not ours to know: delete the key if it exists (a compare-and-delete on the owner's own key).
-          yield* etcd.call("release", (c) => c.delete().key(keyOf(name, owner)).exec())
+          // Not known here (e.g. its lease expired): delete the owner's key if
+          // one is left, guarded on the revision it was read at.
+          const read = yield* etcd.call("release", (c) => c.getAll().prefix(namePrefix(name)).exec())
+          yield* Effect.forEach(
+            kvsOf(read.kvs).filter((kv) => kv.record.owner === owner),
+            (kv) =>
+              etcd.call("release", (c) =>
+                c
+                  .if(kv.key, "Create", "==", kv.create.toString())
+                  .then(c.delete().key(kv.key))
+                  .commit()
+              ),
+            { discard: true }
+          )
           return false
         }
         forget(id)
         const pool = spares.get(entry.ttlSeconds) ?? []
-        if (pool.length < 4 && Date.now() - entry.refreshedAt < (entry.ttlSeconds * 1000) / 3) {
+        if (!entry.gone && pool.length < SPARES && Date.now() - entry.refreshedAt < (entry.ttlSeconds * 1000) / 3) {
           // The lease is fresh: delete just the key and keep the lease as a spare
           // (one write now, and none for the next acquisition).
           const deleted = yield* etcd
@@ -486,122 +853,66 @@ export const make = (
             .pipe(Effect.onError(() => Effect.ignore(revoke(entry.lease))))
           pool.push({ id: entry.lease, at: entry.refreshedAt })
           spares.set(entry.ttlSeconds, pool)
-          return entry.granted && Number(deleted.deleted) > 0
+          return entry.grant !== undefined && Number(deleted.deleted) > 0
         }
         yield* revoke(entry.lease)
-        return entry.granted
+        return entry.grant !== undefined && !entry.gone
       })
 
-    /**
-     * Starts watching what blocks `entry` now (from the revision its last
-     * read saw): the key just before it, the last earlier writer, or (for
-     * permits) the deletion of any earlier key.
-     */
-    const watchBlocker = (
-      name: string,
-      entry: Entry,
-      last: NonNullable<Entry["lastRead"]>
-    ): BlockerWatch | undefined => {
-      const kvs = last.kvs
-      const index = kvs.findIndex((kv) => kv.key === entry.key)
-      if (index === -1) return undefined
-      const blocking = blockers(kvs, index)
-      if (blocking.length === 0) return undefined
-      const own = kvs[index]!.create
-      const single = blocking.length === 1 ? blocking[0]!.key : undefined
-      const watch: BlockerWatch = { gone: false, wakers: new Set(), cancel: () => {} }
-      let cancelled = false
-      const fire = () => {
-        if (watch.gone) return
-        watch.gone = true
-        watch.cancel()
-        for (const wake of watch.wakers) wake()
-        watch.wakers.clear()
-      }
-      watch.cancel = () => {
-        cancelled = true
-      }
-      // Watched from now (a watch from an older revision is replayed by etcd's
-      // slower catch-up loop), then the name read again: a deletion between
-      // the last read and the watch is found by the read, any later one by
-      // the watch.
-      const builder = etcd.client.watch().withPreviousKV()
-      ;(single !== undefined ? builder.key(single) : builder.prefix(namePrefix(name)))
-        .create()
-        .then((watcher) => {
-          const stop = () => void watcher.cancel().catch(() => undefined)
-          if (cancelled || watch.gone) return stop()
-          watch.cancel = stop
-          watcher.on("delete", (_kv, previous) => {
-            if (single !== undefined || previous === undefined || BigInt(previous.create_revision) < own) fire()
-          })
-          // A broken watch may have missed the deletion: the next attempt reads.
-          watcher.on("disconnected", fire)
-          watcher.on("error", fire)
-          return etcd.client
-            .getAll()
-            .prefix(namePrefix(name))
-            .sort("Create", "Ascend")
-            .exec()
-            .then((response) => {
-              const now = kvsOf(response.kvs)
-              const at = now.findIndex((kv) => kv.key === entry.key)
-              const still =
-                at !== -1 && (single !== undefined ? now.some((kv) => kv.key === single) : blockers(now, at).length > 0)
-              if (!still) fire()
-            })
-        })
-        .catch(fire)
-      return watch
-    }
-
-    /** Waits until what blocks `owner` is gone (or at once, if nothing blocks it now). */
+    /** Waits until `owner`'s request may proceed by its view, or at once when its view is unknown. */
     const waitTurn = (name: string, owner: string): Effect.Effect<void> =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
         const entry = entries.get(entryKey(name, owner))
-        if (entry === undefined) return
-        if (entry.watch === undefined || entry.watch.gone) {
-          let last = entry.lastRead
-          if (last === undefined) {
-            const read = yield* Effect.result(readName(name))
-            if (read._tag === "Failure") return
-            last = { revision: BigInt(read.success.header.revision), kvs: kvsOf(read.success.kvs) }
-          }
-          entry.watch = watchBlocker(name, entry, last)
+        if (entry === undefined || entry.gone || entry.grant !== undefined) return Effect.void
+        const view = entry.view
+        if (view === undefined) {
+          // The next attempt reads; with the name's watch created first, that read gives a view.
+          return ready(watchOf(name))
         }
-        const watch = entry.watch
-        if (watch === undefined || watch.gone) return
-        yield* Effect.callback<void>((resume) => {
-          const wake = () => resume(Effect.void)
-          watch.wakers.add(wake)
+        if (!blockedView(entry, view)) return Effect.void
+        return Effect.callback<void>((resume) => {
+          const w = () => resume(Effect.void)
+          entry.wakers.add(w)
           return Effect.sync(() => {
-            watch.wakers.delete(wake)
+            entry.wakers.delete(w)
           })
         })
       })
 
     const subscribe = (name: string, owner?: string) =>
       Effect.gen(function* () {
-        if (owner !== undefined && entries.has(entryKey(name, owner))) {
-          return waitTurn(name, owner)
+        // An ill-formed name is refused by the attempt that follows.
+        if (!name.isWellFormed()) return Effect.void
+        let current = watchOf(name)
+        const use = (watch: NameWatch) => {
+          watch.users++
+          keep(watch)
         }
-        // Without a queued key: any key of the name deleted since now.
-        const read = yield* readName(name)
-        const listener: Listener = makeListener(owner)
-        const watcher = yield* Effect.acquireRelease(
-          etcd.call("acquire", (c) =>
-            c
-              .watch()
-              .prefix(namePrefix(name))
-              .startRevision((BigInt(read.header.revision) + 1n).toString())
-              .create()
-          ),
-          (w) => Effect.promise(() => w.cancel().catch(() => undefined))
+        const unuse = (watch: NameWatch) => {
+          watch.users--
+          maybeClose(watch)
+        }
+        yield* Effect.acquireRelease(
+          Effect.sync(() => use(current)),
+          () => Effect.sync(() => unuse(current))
         )
-        // Only a deletion (a release, a withdrawal, an expired lease) can let a waiter proceed.
-        watcher.on("delete", () => signal(listener))
-        watcher.on("disconnected", () => signal(listener))
-        return waitForChange(listener, () => Infinity)
+        // The name's watch is created on the server before the attempt that follows a subscription.
+        yield* ready(current)
+        if (owner !== undefined && entries.has(entryKey(name, owner))) return waitTurn(name, owner)
+        // Without a queued request: any deletion under the name.
+        const listener: Listener = makeListener(owner)
+        current.listeners.add(listener)
+        yield* Effect.addFinalizer(() => Effect.sync(() => current.listeners.delete(listener)))
+        return Effect.suspend(() => {
+          if (!current.broken) return waitForChange(listener, () => Infinity)
+          // Its watch broke (and signalled): move to the name's next one.
+          current.listeners.delete(listener)
+          unuse(current)
+          current = watchOf(name)
+          use(current)
+          current.listeners.add(listener)
+          return ready(current)
+        })
       })
 
     const inspect = (name?: string): Effect.Effect<Inspection, LockBackendUnavailable> =>
@@ -649,7 +960,7 @@ export const make = (
         for (const [n, list] of byName) {
           list.forEach((kv, index) => {
             const { record } = kv
-            if (blockers(list, index).length === 0) {
+            if (!blockedAt(list, index)) {
               const ttl = ttls.get(kv.lease)
               holders.push({
                 name: n,

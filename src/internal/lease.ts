@@ -244,7 +244,7 @@ interface Obtained {
   readonly token: bigint
   /** The backend's own loss signal for this grant, if it has one. */
   readonly lost: Effect.Effect<LostReason> | undefined
-  /** When the granting request was sent: the lease's TTL counts from here. */
+  /** When the granting request was sent (less the grant's `leaseAge`): the lease's TTL counts from here. */
   readonly sentAt: number
 }
 
@@ -274,7 +274,15 @@ const obtain = (
     (sentAt) => {
       attempts++
       return backend.tryAcquire(request).pipe(
-        Effect.map(Option.map((grant): Obtained => ({ token: grant.token, lost: grant.lost, sentAt }))),
+        Effect.map(
+          Option.map(
+            (grant): Obtained => ({
+              token: grant.token,
+              lost: grant.lost,
+              sentAt: sentAt - Math.max(0, grant.leaseAge ?? 0)
+            })
+          )
+        ),
         Effect.tap(() => Effect.sync(() => (lastFailure = undefined))),
         Effect.catchTag("LockBackendUnavailable", (error) =>
           Effect.sync(() => {

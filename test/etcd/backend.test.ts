@@ -69,9 +69,12 @@ const marginMillis = 300
 /** Fails (for `eventually`) until `condition` holds. */
 const check = (condition: boolean, message: string) => (condition ? Effect.void : Effect.fail(new Error(message)))
 
-/** The documented key of a holder or waiter: `<prefix><encodeURIComponent(name)>/<encodeURIComponent(owner)>`. */
-const keyOf = (prefix: string, name: string, owner: string) =>
-  `${prefix}${encodeURIComponent(name)}/${encodeURIComponent(owner)}`
+/** The documented key of a holder or waiter: `<prefix><encodeURIComponent(name)>/<its lease id in hex>`. */
+const keyOf = (prefix: string, name: string, lease: string) =>
+  `${prefix}${encodeURIComponent(name)}/${BigInt(lease).toString(16)}`
+
+/** The owner recorded in a key's value. */
+const ownerOf = (kv: RawKv): unknown => (JSON.parse(kv.value) as { owner?: unknown }).owner
 
 const base64 = (value: string | Buffer) => Buffer.from(value).toString("base64")
 const fromBase64 = (value: unknown) => Buffer.from(typeof value === "string" ? value : "", "base64").toString("utf8")
@@ -115,6 +118,18 @@ const rawRange = (cluster: EtcdCluster, prefix: string) =>
 /** One key on the server, or undefined. */
 const rawKey = (cluster: EtcdCluster, key: string) =>
   Effect.map(rawRange(cluster, key), (kvs) => kvs.find((kv) => kv.key === key))
+
+/**
+ * The key holding `owner`'s record under `name` (undefined if none); it must
+ * have the documented name, from its own lease.
+ */
+const ownKv = (cluster: EtcdCluster, prefix: string, name: string, owner: string) =>
+  Effect.map(rawRange(cluster, `${prefix}${encodeURIComponent(name)}/`), (kvs) => {
+    const own = kvs.filter((kv) => ownerOf(kv) === owner)
+    assert.isAtMost(own.length, 1, `one key per request (${owner})`)
+    if (own[0] !== undefined) assert.strictEqual(own[0].key, keyOf(prefix, name, own[0].lease), "the key's name")
+    return own[0]
+  })
 
 /** A lease's remaining and granted TTL in whole seconds (etcd truncates), or undefined once it is gone. */
 const leaseTtl = (cluster: EtcdCluster, id: string) =>
@@ -226,7 +241,12 @@ describe("EtcdBackend: contention", () => {
                         perFiber[fiber]!.push(lease.token)
                         // On the server, the holder's key is the oldest of the name, with the token as revision.
                         const [first] = yield* rawRange(server, `${prefix}${encodeURIComponent(name)}/`)
-                        if (first?.key !== keyOf(prefix, name, lease.owner) || first.create !== lease.token) {
+                        if (
+                          first === undefined ||
+                          ownerOf(first) !== lease.owner ||
+                          first.key !== keyOf(prefix, name, first.lease) ||
+                          first.create !== lease.token
+                        ) {
                           notFirst.push(`${lease.token}: first is ${first?.key} at ${first?.create}`)
                         }
                         yield* Effect.yieldNow
@@ -337,7 +357,7 @@ describe("EtcdBackend: partition", () => {
         const resource = yield* FencedResource.make()
         yield* Effect.gen(function* () {
           const { holder, lease } = yield* holdInFiber(name, ttl)
-          const kv = yield* rawKey(server, keyOf(prefix, name, lease.owner))
+          const kv = yield* ownKv(server, prefix, name, lease.owner)
           assert.isDefined(kv, "the holder's key")
           assert.strictEqual(kv!.create, lease.token, "the token is the key's create revision")
           assert.notStrictEqual(kv!.lease, "0")
@@ -504,8 +524,8 @@ describe("EtcdBackend: nothing left behind", () => {
           const first = Option.getOrThrow(yield* Lock.tryScoped(name, { ttl: "10 seconds" }))
           const keys = yield* rawRange(server, prefix)
           assert.deepStrictEqual(
-            keys.map((kv) => [kv.key, kv.create]),
-            [[keyOf(prefix, name, first.owner), first.token]]
+            keys.map((kv) => [kv.key, ownerOf(kv), kv.create]),
+            [[keyOf(prefix, name, keys[0]!.lease), first.owner, first.token]]
           )
           const firstLease = keys[0]!.lease
           assert.deepInclude(yield* leaseTtl(server, firstLease), { granted: 10 })
@@ -513,24 +533,25 @@ describe("EtcdBackend: nothing left behind", () => {
           assert.deepInclude(stored, { owner: first.owner, mode: "exclusive" })
 
           // A held name: None each time, no key left, and no lease per attempt left behind (the layer keeps at
-          // most a couple of spare leases, without keys, for its next grants).
+          // most two spare leases per TTL, without keys, for its next grants; a refused attempt's lease is one).
           const leasesBefore = yield* leasesOf(server)
-          for (let attempt = 1; attempt <= 10; attempt++) {
+          for (let attempt = 1; attempt <= 30; attempt++) {
             const other = yield* Effect.scoped(Lock.tryScoped(name, { ttl: "10 seconds" }))
             assert.isTrue(Option.isNone(other), `attempt ${attempt} got the name`)
             assert.deepStrictEqual(
               (yield* rawRange(server, prefix)).map((kv) => [kv.key, kv.lease]),
-              [[keyOf(prefix, name, first.owner), firstLease]],
+              [[keyOf(prefix, name, firstLease), firstLease]],
               `attempt ${attempt} left a key`
             )
           }
           assert.isTrue(Option.isNone(yield* Lock.withLockIfAvailable(name)(Effect.succeed(1))))
           const leasesAfter = yield* leasesOf(server)
           const added = leasesAfter.filter((lease) => !leasesBefore.includes(lease))
+          // The holder's lease, and at most two spares for each of the two TTLs used (10 s and the default 30 s).
           assert.isAtMost(
             leasesAfter.length,
-            leasesBefore.length + 2,
-            `11 refused attempts: ${leasesBefore.length} leases before, ${leasesAfter.length} after`
+            1 + 2 * 2,
+            `31 refused attempts: ${leasesBefore.length} leases before, ${leasesAfter.length} after`
           )
           for (const lease of added) assert.deepStrictEqual(yield* leaseKeys(server, lease), [], `new lease ${lease}`)
 
@@ -553,7 +574,7 @@ describe("EtcdBackend: nothing left behind", () => {
         Effect.gen(function* () {
           const name = "job"
           const holder = yield* Lock.scoped(name, { ttl: "10 seconds" })
-          const holderKv = (yield* rawKey(server, keyOf(prefix, name, holder.owner)))!
+          const holderKv = (yield* ownKv(server, prefix, name, holder.owner))!
 
           // Waiting.
           const waiter = yield* Effect.forkChild(
@@ -640,9 +661,10 @@ describe("EtcdBackend: bad input", () => {
           const real = yield* Lock.scoped("someone-elses")
           assert.isFalse(yield* backend.release("someone-elses", "impostor/1"))
           assert.isFalse(yield* backend.release("someone-elses", `${real.owner}x`))
+          const realKv = (yield* ownKv(server, prefix, "someone-elses", real.owner))!
           assert.deepStrictEqual(
             (yield* rawRange(server, prefix)).map((kv) => kv.key),
-            [keyOf(prefix, "someone-elses", real.owner)]
+            [realKv.key]
           )
           yield* real.release
           assert.deepInclude(yield* failureOf(real.extend()), { _tag: "LockNotHeld", state: "released" })
@@ -653,7 +675,7 @@ describe("EtcdBackend: bad input", () => {
 
           // After expiry: no heartbeat, the lease runs out on the server, and someone else takes the name.
           const expiring = yield* Lock.scoped("expiring", { ttl: "1 second", heartbeat: false, onLost: "ignore" })
-          const expiringKv = (yield* rawKey(server, keyOf(prefix, "expiring", expiring.owner)))!
+          const expiringKv = (yield* ownKv(server, prefix, "expiring", expiring.owner))!
           const lost = yield* expiring.lost
           assert.deepInclude(lost, { _tag: "LockLost", reason: "expired", token: expiring.token })
           const next = yield* Lock.scoped("expiring", { timeout: "5 seconds" })
@@ -671,9 +693,10 @@ describe("EtcdBackend: bad input", () => {
             (yield* LockBackend.inspect("expiring")).holders.map((h) => [h.owner, h.token]),
             [[next.owner, next.token]]
           )
+          const nextKv = (yield* ownKv(server, prefix, "expiring", next.owner))!
           assert.deepStrictEqual(
             (yield* rawRange(server, prefix)).map((kv) => kv.key),
-            [keyOf(prefix, "expiring", next.owner)]
+            [nextKv.key]
           )
           yield* next.release
         })
@@ -724,7 +747,7 @@ describe("EtcdBackend: bad input", () => {
           }
           // 1.5 s rounds up to the minimum: granted, with a lease of 2 s.
           const lease = yield* Lock.scoped("short", { ttl: "1500 millis" })
-          const kv = (yield* rawKey(slow, keyOf(prefix, "short", lease.owner)))!
+          const kv = (yield* ownKv(slow, prefix, "short", lease.owner))!
           assert.deepInclude(yield* leaseTtl(slow, kv.lease), { granted: minimum })
           yield* lease.release
         }).pipe(Effect.scoped, Effect.provide(backendLayer(prefix, slow.endpoints)))
@@ -772,7 +795,7 @@ describe("EtcdBackend: inspection", () => {
           // Every token is its key's create revision, strictly increasing in the order of the grants.
           const held = [r1, r2, s1, s2]
           for (const lease of held) {
-            const kv = yield* rawKey(server, keyOf(prefix, lease.name, lease.owner))
+            const kv = yield* ownKv(server, prefix, lease.name, lease.owner)
             assert.strictEqual(kv?.create, lease.token, `${lease.name} token`)
           }
           const tokens = [ex.token, ...held.map((lease) => lease.token)]
@@ -827,18 +850,20 @@ describe("EtcdBackend: inspection", () => {
           )
           for (const lease of leases) assert.isTrue(lease.owner.startsWith("hôst/%2F 🔒:1/"), lease.owner)
 
-          // One key per name, under the encoded name, ending in the encoded owner.
+          // One key per name, under the encoded name, ending in its lease id; the owner is in the value.
           const kvs = yield* rawRange(server, prefix)
           assert.strictEqual(kvs.length, hostile.length)
           assert.deepStrictEqual(
             kvs.map((kv) => kv.key).toSorted(),
-            hostile.map((name, i) => keyOf(prefix, name, leases[i]!.owner)).toSorted()
+            (yield* Effect.forEach(hostile, (name, i) => ownKv(server, prefix, name, leases[i]!.owner)))
+              .map((kv) => kv?.key)
+              .toSorted()
           )
           for (const [i, name] of hostile.entries()) {
             const own = yield* rawRange(server, `${prefix}${encodeURIComponent(name)}/`)
             assert.deepStrictEqual(
-              own.map((kv) => [kv.key, kv.create]),
-              [[keyOf(prefix, name, leases[i]!.owner), leases[i]!.token]],
+              own.map((kv) => [kv.key, ownerOf(kv), kv.create]),
+              [[keyOf(prefix, name, own[0]!.lease), leases[i]!.owner, leases[i]!.token]],
               JSON.stringify(name)
             )
           }
@@ -884,8 +909,8 @@ describe("EtcdBackend: configuration (LOCK_PROVIDER=etcd)", () => {
           const lease = yield* Lock.scoped(name)
           const kvs = yield* rawRange(server, prefix)
           assert.deepStrictEqual(
-            kvs.map((kv) => kv.key),
-            [keyOf(prefix, name, lease.owner)]
+            kvs.map((kv) => [kv.key, ownerOf(kv)]),
+            [[keyOf(prefix, name, kvs[0]!.lease), lease.owner]]
           )
           // LOCK_DEFAULT_TTL reached the lease; LOCK_OWNER_ID the owner.
           assert.deepInclude(yield* leaseTtl(server, kvs[0]!.lease), { granted: 5 })
