@@ -9,24 +9,26 @@
  *
  * **Details**
  *
- * - A request puts `<prefix><name>/<owner>` (both percent-encoded) with its
- *   own lease, in a transaction guarded on create revision 0 that also reads
- *   the name's keys in create-revision order: one round trip. The holder is
- *   the key with the lowest create revision (readers: no earlier writer;
- *   permits: the earlier keys' permits plus its own fit the limit). The
- *   fencing token is the key's own create revision: strictly increasing
- *   cluster-wide.
+ * - A request puts `<prefix><name>/<lease id>` (the name percent-encoded; the
+ *   owner and the request in the value) with its own lease, in one
+ *   transaction: the put alone when the name has no key (granted), else a put
+ *   guarded on create revision 0 plus a read of the name's keys in
+ *   create-revision order. The holder is the key with the lowest create
+ *   revision (readers: no earlier writer; permits: the earlier keys' permits
+ *   plus its own fit the limit). The fencing token is the key's own create
+ *   revision: strictly increasing cluster-wide.
  * - Leases are whole seconds (the TTL is rounded up); a TTL below what the
  *   server grants is `InvalidLockRequest` naming the minimum. Spare leases
- *   are granted ahead, so a free lock costs one transaction.
- * - A waiter watches only the deletion of the key that blocks it (the one
- *   just before it, or the last earlier writer), from the revision it read:
- *   no missed event, no herd, FIFO.
- * - Extension is a lease keep-alive; a TTL of 0 in the answer means the lease
- *   expired (`expired`). Release deletes the key and keeps a fresh lease as a
- *   spare (else revokes it); a grant on a lease not granted in that very call
- *   keeps it alive in parallel, so the server never expires a grant before
- *   its holder expects.
+ *   are granted ahead, and a released lock's fresh lease is reused, so a free
+ *   lock costs one transaction; a grant reports its lease's age
+ *   (`Grant.leaseAge`), so the core counts the lease from its last refresh.
+ * - Waiting is by watch: one watch per name per process, on deletions, keeps
+ *   each queued request's view of the keys before it current; the request
+ *   whose blockers are all gone is woken and granted from its view, without
+ *   another read. FIFO, no herd, no polling.
+ * - Extension is a lease keep-alive on one long-lived stream; a TTL of 0 in
+ *   the answer means the lease expired (`expired`). Release deletes the key
+ *   and keeps a fresh lease as a spare (else revokes it).
  *
  * **Gotchas**
  *
@@ -74,7 +76,7 @@ export const guarantees: Guarantees = {
   fencing: "strict",
   scope: "an etcd cluster (linearizable, through failover)",
   leaseEnds: "lease TTL (kept by the cluster) or scope",
-  wakeUp: "watch on the blocking key",
+  wakeUp: "watch, one per name per process",
   fairness: "fifo"
 }
 
@@ -215,6 +217,28 @@ const blockedAt = (kvs: ReadonlyArray<Kv>, index: number): boolean => {
 const blockedView = (entry: Entry, view: View): boolean =>
   blockedBy(entry.own.record, view.earlier.size, view.writers, view.permits)
 
+/** A kind or limit that disagrees with another key of the name. */
+const conflict = (request: GrantRequest, key: string, kvs: ReadonlyArray<Kv>): InvalidLockRequest | undefined => {
+  const other = kvs.find((kv) => kv.key !== key && kindOf(kv.record.mode) !== kindOf(request.mode))
+  if (other !== undefined) {
+    return new InvalidLockRequest({
+      field: "mode",
+      reason: `"${request.name}" is in use as a ${kindOf(other.record.mode)}, not as a ${kindOf(request.mode)}`
+    })
+  }
+  if (request.mode === "permits") {
+    const mismatch = kvs.find((kv) => kv.key !== key && kv.record.limit !== request.limit)
+    if (mismatch !== undefined) {
+      return new InvalidLockRequest({
+        field: "limit",
+        reason: `"${request.name}" is in use with limit ${mismatch.record.limit}, not ${request.limit}`
+      })
+    }
+  }
+  return undefined
+}
+
+/** A new request: the guarded put and the read of the name's keys, in one transaction. */
 /** The in-process key of a request: its name and owner. */
 const entryKey = (name: string, owner: string) => `${name.length}:${name}${owner}`
 
@@ -385,7 +409,7 @@ export const make = (
     }
 
     /** A deletion under the watched name, at `revision`. */
-    const deleted = (watch: NameWatch, key: string, revision: bigint) => {
+    const onDeleted = (watch: NameWatch, key: string, revision: bigint) => {
       watch.log.push({ revision, key })
       if (watch.log.length > 2 * LOG_SIZE) {
         const dropped = watch.log.splice(0, watch.log.length - LOG_SIZE)
@@ -434,11 +458,12 @@ export const make = (
       watcher.on("connected", (response: { header: { revision: string } }) => {
         if (watch.start !== undefined) return
         watch.start = BigInt(response.header.revision)
-        for (const ready of [...watch.onReady]) ready()
+        // A copy: each waiter removes itself.
+        for (const ready of Array.from(watch.onReady)) ready()
         watch.onReady.clear()
       })
       watcher.on("delete", (kv: { key: Buffer; mod_revision: string }) =>
-        deleted(watch, kv.key.toString("utf8"), BigInt(kv.mod_revision))
+        onDeleted(watch, kv.key.toString("utf8"), BigInt(kv.mod_revision))
       )
       // A watch that lost its stream may have missed deletions: its views are dropped.
       watcher.on("disconnected", () => breakWatch(watch))
@@ -609,7 +634,8 @@ export const make = (
     const backendScope = yield* Effect.scope
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
-        for (const watch of [...watches.values()]) breakWatch(watch)
+        // A copy: each watch removes itself.
+        for (const watch of Array.from(watches.values())) breakWatch(watch)
         keepAlives.close()
         const leases = [...entries.values()].map((entry) => entry.lease)
         for (const pool of spares.values()) for (const spare of pool) leases.push(spare.id)
@@ -634,28 +660,6 @@ export const make = (
       return Option.some(entry.grant)
     }
 
-    /** A kind or limit that disagrees with another key of the name. */
-    const conflict = (request: GrantRequest, key: string, kvs: ReadonlyArray<Kv>): InvalidLockRequest | undefined => {
-      const other = kvs.find((kv) => kv.key !== key && kindOf(kv.record.mode) !== kindOf(request.mode))
-      if (other !== undefined) {
-        return new InvalidLockRequest({
-          field: "mode",
-          reason: `"${request.name}" is in use as a ${kindOf(other.record.mode)}, not as a ${kindOf(request.mode)}`
-        })
-      }
-      if (request.mode === "permits") {
-        const mismatch = kvs.find((kv) => kv.key !== key && kv.record.limit !== request.limit)
-        if (mismatch !== undefined) {
-          return new InvalidLockRequest({
-            field: "limit",
-            reason: `"${request.name}" is in use with limit ${mismatch.record.limit}, not ${request.limit}`
-          })
-        }
-      }
-      return undefined
-    }
-
-    /** A new request: the guarded put and the read of the name's keys, in one transaction. */
     /**
      * A new request, in one transaction: when the name has no key at all, the
      * put alone (granted: its revision is the token); else a put guarded on
@@ -684,7 +688,9 @@ export const make = (
         const answer = yield* etcd
           .call("acquire", (c) =>
             c.kv.txn({
-              compare: [{ key: names.start, range_end: names.end, target: "Create", result: "Equal", create_revision: 0 }],
+              compare: [
+                { key: names.start, range_end: names.end, target: "Create", result: "Equal", create_revision: 0 }
+              ],
               success: [put],
               failure: [
                 {
@@ -773,9 +779,12 @@ export const make = (
           if (blockedView(entry, view)) return Option.none<Grant>()
           return granted(entry, started)
         }
-        const [alive, read] = yield* Effect.all([due ? refresh(id, entry) : Effect.succeed(true), readName(entry.name)], {
-          concurrency: 2
-        })
+        const [alive, read] = yield* Effect.all(
+          [due ? refresh(id, entry) : Effect.succeed(true), readName(entry.name)],
+          {
+            concurrency: 2
+          }
+        )
         if (!alive) return Option.none<Grant>()
         const kvs = kvsOf(read.kvs)
         const index = kvs.findIndex((kv) => kv.key === entry.key)
@@ -834,10 +843,7 @@ export const make = (
             kvsOf(read.kvs).filter((kv) => kv.record.owner === owner),
             (kv) =>
               etcd.call("release", (c) =>
-                c
-                  .if(kv.key, "Create", "==", kv.create.toString())
-                  .then(c.delete().key(kv.key))
-                  .commit()
+                c.if(kv.key, "Create", "==", kv.create.toString()).then(c.delete().key(kv.key)).commit()
               ),
             { discard: true }
           )
@@ -858,6 +864,16 @@ export const make = (
         yield* revoke(entry.lease)
         return entry.grant !== undefined && !entry.gone
       })
+
+    /** A subscription starts or stops using a watch. */
+    const use = (watch: NameWatch) => {
+      watch.users++
+      keep(watch)
+    }
+    const unuse = (watch: NameWatch) => {
+      watch.users--
+      maybeClose(watch)
+    }
 
     /** Waits until `owner`'s request may proceed by its view, or at once when its view is unknown. */
     const waitTurn = (name: string, owner: string): Effect.Effect<void> =>
@@ -884,14 +900,6 @@ export const make = (
         // An ill-formed name is refused by the attempt that follows.
         if (!name.isWellFormed()) return Effect.void
         let current = watchOf(name)
-        const use = (watch: NameWatch) => {
-          watch.users++
-          keep(watch)
-        }
-        const unuse = (watch: NameWatch) => {
-          watch.users--
-          maybeClose(watch)
-        }
         yield* Effect.acquireRelease(
           Effect.sync(() => use(current)),
           () => Effect.sync(() => unuse(current))

@@ -7,7 +7,7 @@
 import { Config, Context, Duration, Effect, Layer } from "effect"
 import { Etcd3, type IOptions } from "etcd3"
 import { InvalidLockRequest, LockBackendUnavailable } from "../LockError.ts"
-import { withDeadline } from "../internal/deadline.ts"
+import { StatementTimeout } from "../internal/deadline.ts"
 
 /**
  * The client and its guarded call.
@@ -85,10 +85,29 @@ export const layer = (options: Options): Layer.Layer<EtcdClient, InvalidLockRequ
         ),
         (c) => Effect.sync(() => c.close())
       )
-      const call: EtcdClientShape["call"] = (operation, f, millis = callMillis) =>
-        withDeadline(millis, Effect.tryPromise({ try: () => f(client), catch: (cause) => cause }), {
-          interruptWithCaller: true
-        }).pipe(Effect.mapError((cause) => new LockBackendUnavailable({ operation, cause })))
+      // A promise and a timer, no fiber: this is on every lock's path. The
+      // promise cannot be cancelled; an answer after the deadline is dropped.
+      const call: EtcdClientShape["call"] = <A>(operation: string, f: (c: Etcd3) => Promise<A>, millis = callMillis) =>
+        Effect.callback<A, LockBackendUnavailable>((resume) => {
+          let done = false
+          const settle = (effect: Effect.Effect<A, LockBackendUnavailable>) => {
+            if (done) return
+            done = true
+            clearTimeout(timer)
+            resume(effect)
+          }
+          const failed = (cause: unknown) => settle(Effect.fail(new LockBackendUnavailable({ operation, cause })))
+          const timer = setTimeout(() => failed(new StatementTimeout(millis)), millis)
+          try {
+            f(client).then((value) => settle(Effect.succeed(value)), failed)
+          } catch (cause) {
+            failed(cause)
+          }
+          return Effect.sync(() => {
+            done = true
+            clearTimeout(timer)
+          })
+        })
       return { client, callMillis, call }
     })
   )

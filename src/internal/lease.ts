@@ -147,7 +147,9 @@ export const withHeld =
 /** Upper bound of a best-effort cleanup call in a finalizer. */
 const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
 
-const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(10)), Schedule.recurs(3)])
+// After a failed release: again after 10 ms, then after 20 and 40 ms.
+const releaseFirstRetry = Duration.millis(10)
+const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(20)), Schedule.recurs(2)])
 
 /**
  * Releases (compare-and-delete) what `owner` holds or has queued. A few quick
@@ -157,7 +159,8 @@ const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(10)), Sc
  */
 const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) =>
   backend.release(name, owner).pipe(
-    Effect.retry(releaseRetry),
+    // The retry schedule is built only after a failure (this is on every lease's path).
+    Effect.catch(() => Effect.retry(Effect.delay(backend.release(name, owner), releaseFirstRetry), releaseRetry)),
     Effect.timeout(Duration.millis(cleanupBound(ttlMillis))),
     Effect.asVoid,
     Effect.catch(() =>
@@ -275,13 +278,11 @@ const obtain = (
       attempts++
       return backend.tryAcquire(request).pipe(
         Effect.map(
-          Option.map(
-            (grant): Obtained => ({
-              token: grant.token,
-              lost: grant.lost,
-              sentAt: sentAt - Math.max(0, grant.leaseAge ?? 0)
-            })
-          )
+          Option.map((grant): Obtained => ({
+            token: grant.token,
+            lost: grant.lost,
+            sentAt: sentAt - Math.max(0, grant.leaseAge ?? 0)
+          }))
         ),
         Effect.tap(() => Effect.sync(() => (lastFailure = undefined))),
         Effect.catchTag("LockBackendUnavailable", (error) =>
@@ -401,11 +402,6 @@ const makeLease = (
     // TypeScript's narrowing of the variable would be wrong.
     const readStatus = (): typeof status => status
     const lostSignal = Deferred.makeUnsafe<LockLost>()
-    // Completed (and replaced) by each successful extension, so that the
-    // heartbeat recomputes its schedule after a manual `extend(ttl)`.
-    let extended = Deferred.makeUnsafe<void>()
-    const sleepUnlessExtended = (millis: number) =>
-      Effect.suspend(() => Effect.raceFirst(Effect.sleep(millis), Deferred.await(extended)))
     const modeAttr = { mode: spec.mode }
     yield* Metric.modify(LockMetrics.holders, 1)
 
@@ -449,9 +445,6 @@ const makeLease = (
               if (outcome === "extended") {
                 lastOk = Math.max(lastOk, sentAt)
                 ttlMillis = ttl
-                const done = extended
-                extended = Deferred.makeUnsafe<void>()
-                Deferred.doneUnsafe(done, Effect.void)
               }
             })
           ),
@@ -478,6 +471,9 @@ const makeLease = (
         Effect.catchTag("InvalidLockRequest", () => Effect.succeed("expired" as const))
       )
 
+    // The heartbeat sleeps plainly (no race per sleep: this is on every
+    // lease's path); a successful manual `extend(ttl)` restarts it, so that it
+    // recomputes its schedule.
     const heartbeat = Effect.gen(function* () {
       const maxHoldDeadline = options.maxHoldMillis === undefined ? Infinity : acquiredAt + options.maxHoldMillis
       while (readStatus() === "Held") {
@@ -486,7 +482,7 @@ const makeLease = (
           // No heartbeat: the lease ends at its expiry (manual `extend` moves it).
           const until = Math.min(lastOk + ttlMillis, maxHoldDeadline)
           if (now >= until) return yield* declareLost("expired")
-          yield* sleepUnlessExtended(until - now)
+          yield* Effect.sleep(until - now)
           continue
         }
         // The configured interval; after a manual extend to another TTL, ttl/3 of it at most.
@@ -497,13 +493,13 @@ const makeLease = (
         const nextBeat = lastOk + interval
         if (nextBeat >= maxHoldDeadline) {
           if (now < maxHoldDeadline) {
-            yield* sleepUnlessExtended(maxHoldDeadline - now)
+            yield* Effect.sleep(maxHoldDeadline - now)
             continue
           }
           return yield* declareLost("expired")
         }
         if (nextBeat > now) {
-          yield* sleepUnlessExtended(nextBeat - now)
+          yield* Effect.sleep(nextBeat - now)
           continue
         }
         // Bounded by the loss deadline, and by maxHold: the budget ends the
@@ -549,6 +545,13 @@ const makeLease = (
     // exactly the margin that keeps a rival out meanwhile. The finalizer
     // releases once the scope closes, i.e. once the critical section stopped.
     heartbeatFiber = yield* Effect.forkDetach(heartbeat)
+    const restartHeartbeat = Effect.suspend(() => {
+      if (readStatus() !== "Held" || closed) return Effect.void
+      heartbeatFiber?.interruptUnsafe()
+      return Effect.map(Effect.forkDetach(heartbeat), (fiber) => {
+        heartbeatFiber = fiber
+      })
+    })
     // A backend that learns of a loss by itself (a database session that
     // ended) reports it at once instead of at the next heartbeat.
     const backendLost = obtained.lost
@@ -582,7 +585,7 @@ const makeLease = (
               )
             }
             return Effect.flatMap(extendOnce(millis), (outcome) => {
-              if (outcome === "extended") return Effect.void
+              if (outcome === "extended") return restartHeartbeat
               return Effect.andThen(
                 declareLost(outcome),
                 Effect.suspend(() => {

@@ -33,7 +33,7 @@ import {
   Option,
   References,
   Schedule,
-  type Scope
+  Scope
 } from "effect"
 import { afterAll } from "vitest"
 import {
@@ -511,6 +511,114 @@ describe("EtcdBackend: waiting is by watch", () => {
           console.log(`etcd hand-over by watch (ms): ${JSON.stringify(timings)}`)
         })
       )
+  )
+})
+
+/** The server's count of key-value operations (its `/metrics`): ranges (reads and transaction compares), transactions, puts, deletes. */
+const mvccCounts = (cluster: EtcdCluster) =>
+  Effect.promise(async () => {
+    const text = await (await fetch(`${cluster.endpoints[0]}/metrics`)).text()
+    const count = (metric: string) => Number(new RegExp(`^${metric} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN)
+    return {
+      range: count("etcd_mvcc_range_total"),
+      txn: count("etcd_mvcc_txn_total"),
+      put: count("etcd_mvcc_put_total"),
+      delete: count("etcd_mvcc_delete_total")
+    }
+  })
+
+describe("EtcdBackend: a hand-over needs no read", () => {
+  it.live(
+    "a queued waiter (one-hour retry) is granted from its name's watch: between the holder's release and the grant the server sees the holder's delete and no read, no transaction, no put (exclusive; a writer behind two readers)",
+    () =>
+      onServer("no-read", () =>
+        Effect.gen(function* () {
+          const ttl = "30 seconds"
+          const holder = yield* Lock.scoped("ex", { ttl })
+          const waiter = yield* countedWaiter(Lock.scoped("ex", { ttl, retry: hourRetry, timeout: "20 seconds" }))
+          const before = yield* mvccCounts(server)
+          yield* holder.release
+          const granted = yield* waiter.granted
+          const after = yield* mvccCounts(server)
+          assert.isTrue(granted.token > holder.token)
+          assert.deepStrictEqual(
+            { range: after.range - before.range, txn: after.txn - before.txn, put: after.put - before.put },
+            { range: 0, txn: 0, put: 0 },
+            "the waiter read nothing to be granted"
+          )
+          // The holder's delete, and perhaps already the waiter's own (it releases at once).
+          assert.include([1, 2], after.delete - before.delete, "deletes")
+          yield* Fiber.join(waiter.fiber)
+          assert.deepInclude(yield* waiter.calls, { tryAcquire: 3, subscribe: 1 })
+
+          // A writer behind two readers: the first reader's release leaves it blocked, the second's frees it;
+          // neither makes it read.
+          const r1 = yield* ReadWriteLock.read("rw", { ttl })
+          const r2 = yield* ReadWriteLock.read("rw", { ttl })
+          const writer = yield* countedWaiter(
+            ReadWriteLock.write("rw", { ttl, retry: hourRetry, timeout: "20 seconds" })
+          )
+          const beforeReaders = yield* mvccCounts(server)
+          yield* r1.release
+          yield* r2.release
+          const w = yield* writer.granted
+          const afterReaders = yield* mvccCounts(server)
+          assert.isTrue(w.token > r2.token)
+          assert.deepStrictEqual(
+            {
+              range: afterReaders.range - beforeReaders.range,
+              txn: afterReaders.txn - beforeReaders.txn,
+              put: afterReaders.put - beforeReaders.put
+            },
+            { range: 0, txn: 0, put: 0 }
+          )
+          // The readers' deletes, and perhaps already the writer's own.
+          assert.include([2, 3], afterReaders.delete - beforeReaders.delete, "deletes")
+          yield* Fiber.join(writer.fiber)
+          assert.deepInclude(yield* writer.calls, { tryAcquire: 3, subscribe: 1 })
+        })
+      ),
+    30_000
+  )
+
+  it.live(
+    "the name's watch breaks (the waiter's connections reset): the waiter drops its view, reads again under a new watch, and a release still reaches it by watch (one-hour retry, refresh only every 20 s)",
+    () =>
+      onServer("rewatch", (prefix) =>
+        Effect.gen(function* () {
+          const ttl = "60 seconds"
+          const target = new URL(endpoints[0]!)
+          const proxy = yield* Effect.acquireRelease(
+            Effect.promise(() => TcpProxy.start({ targetHost: target.hostname, targetPort: Number(target.port) })),
+            (p) => Effect.promise(() => p.close())
+          )
+          const holder = yield* Lock.scoped("job", { ttl })
+          // The waiter runs on its own layer, through the proxy.
+          const waiterLayer = backendLayer(prefix, [`http://${proxy.host}:${proxy.port}`])
+          const waiterScope = yield* Scope.make()
+          yield* Effect.addFinalizer(() => Scope.close(waiterScope, Exit.void))
+          const waiterContext = yield* Layer.buildWithScope(waiterLayer, waiterScope)
+          const waiter = yield* countedWaiter(
+            Lock.scoped("job", { ttl, retry: hourRetry, timeout: "30 seconds" })
+          ).pipe(Effect.provideContext(waiterContext))
+          assert.deepInclude(yield* waiter.calls, { tryAcquire: 2, subscribe: 1 })
+
+          // Every connection of the waiter's client is reset: its watch stream ends.
+          proxy.reset()
+          yield* eventually(
+            Effect.flatMap(waiter.calls, (calls) =>
+              check((calls["tryAcquire"] ?? 0) >= 4, `${calls["tryAcquire"]} attempts: the view was not dropped`)
+            )
+          )
+          const started = Date.now()
+          yield* holder.release
+          const granted = yield* waiter.granted.pipe(Effect.timeout("10 seconds"))
+          assert.isTrue(granted.token > holder.token)
+          console.log(`etcd hand-over after the watch broke: ${granted.at - started} ms`)
+          yield* Fiber.join(waiter.fiber)
+        })
+      ),
+    60_000
   )
 })
 
