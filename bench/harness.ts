@@ -58,9 +58,14 @@ export const uncontended = (options: {
         for (let i = 0; i < options.iterations; i++) yield* op
         return (((yield* now) - start) * 1000) / options.iterations
       })
-    // Warm-up.
-    yield* time(options.library)
-    yield* time(options.floor)
+    // Warm-up: five rounds of each, alternating. The library's path (the
+    // core, the backend, Effect's runtime) takes a few thousand operations
+    // to be fully optimized by V8; with one round, the first measured rounds
+    // still ran partly unoptimized code.
+    for (let r = 0; r < 5; r++) {
+      yield* time(options.library)
+      yield* time(options.floor)
+    }
     const lib: Array<number> = []
     const floor: Array<number> = []
     for (let r = 0; r < options.rounds; r++) {

@@ -855,7 +855,7 @@ export const make = (
           // The lease is fresh: delete just the key and keep the lease as a spare
           // (one write now, and none for the next acquisition).
           const deleted = yield* etcd
-            .call("release", (c) => c.delete().key(entry.key).exec())
+            .call("release", (c) => c.kv.deleteRange({ key: Buffer.from(entry.key) }))
             .pipe(Effect.onError(() => Effect.ignore(revoke(entry.lease))))
           pool.push({ id: entry.lease, at: entry.refreshedAt })
           spares.set(entry.ttlSeconds, pool)

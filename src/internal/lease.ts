@@ -16,7 +16,7 @@
  * was sent, then the lease is lost (`unreachable`) before the store could
  * grant it to anyone else. A failed CAS means `expired` or `stolen`.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Pull, Schedule, Scope } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Pull, Schedule, Scope, Tracer } from "effect"
 import type { Lease, LeaseState } from "../Lease.ts"
 import { LockBackend, type LockBackendShape, type LockMode } from "../LockBackend.ts"
 import * as LockConfig from "../LockConfig.ts"
@@ -144,6 +144,20 @@ export const withHeld =
       )
     )
 
+/**
+ * Runs an effect in a span named `name`, unless the tracer in use is Effect's
+ * built-in one: without a tracer installed the span would reach nobody, and
+ * it costs on every lease's path.
+ */
+const traced =
+  (name: string, attributes: () => Record<string, unknown>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.withFiber((fiber) =>
+      fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
+        ? effect
+        : Effect.withSpan(effect, name, { attributes: attributes(), captureStackTrace: false })
+    )
+
 /** Upper bound of a best-effort cleanup call in a finalizer. */
 const cleanupBound = (ttlMillis: number) => Math.min(ttlMillis, 5_000)
 
@@ -234,13 +248,11 @@ export const acquire = (
       })
     )
   }).pipe(
-    Effect.withSpan(
-      LockMetrics.spans.acquire,
-      {
-        attributes: { "lock.name": spec.name, "lock.mode": spec.mode, "lock.permits": spec.permits }
-      },
-      { captureStackTrace: false }
-    )
+    traced(LockMetrics.spans.acquire, () => ({
+      "lock.name": spec.name,
+      "lock.mode": spec.mode,
+      "lock.permits": spec.permits
+    }))
   )
 
 interface Obtained {
@@ -527,15 +539,7 @@ const makeLease = (
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
       if (lossWatcher !== undefined) yield* Fiber.interrupt(lossWatcher)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
-    }).pipe(
-      Effect.withSpan(
-        LockMetrics.spans.release,
-        {
-          attributes: { "lock.name": name, "lock.token": token.toString() }
-        },
-        { captureStackTrace: false }
-      )
-    )
+    }).pipe(traced(LockMetrics.spans.release, () => ({ "lock.name": name, "lock.token": token.toString() })))
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
     let lossWatcher: Fiber.Fiber<unknown, unknown> | undefined
