@@ -16,7 +16,21 @@
  * was sent, then the lease is lost (`unreachable`) before the store could
  * grant it to anyone else. A failed CAS means `expired` or `stolen`.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, Option, Pull, Schedule, Scope, Tracer } from "effect"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Metric,
+  Option,
+  Pull,
+  Schedule,
+  Scope,
+  Tracer
+} from "effect"
 import type { Lease, LeaseState } from "../Lease.ts"
 import { LockBackend, type LockBackendShape, type LockMode } from "../LockBackend.ts"
 import * as LockConfig from "../LockConfig.ts"

@@ -448,9 +448,41 @@ describe("EtcdBackend: partition", () => {
   )
 })
 
+/** The server's count of key-value operations (its `/metrics`): ranges (reads and transaction compares), transactions, puts, deletes. */
+const mvccCounts = (cluster: EtcdCluster) =>
+  Effect.promise(async () => {
+    const text = await (await fetch(`${cluster.endpoints[0]}/metrics`)).text()
+    const count = (metric: string) => Number(new RegExp(`^${metric} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN)
+    return {
+      range: count("etcd_mvcc_range_total"),
+      txn: count("etcd_mvcc_txn_total"),
+      put: count("etcd_mvcc_put_total"),
+      delete: count("etcd_mvcc_delete_total")
+    }
+  })
+
+/**
+ * Checks that since `before` the server saw no read (range), transaction or
+ * put, and one of `deletes` deletes: a hand-over by watch is the holder's
+ * delete (and perhaps already the new holder's own release), nothing else.
+ */
+const assertOnlyDeletes = (
+  before: Effect.Success<ReturnType<typeof mvccCounts>>,
+  deletes: ReadonlyArray<number>,
+  what: string
+) =>
+  Effect.map(mvccCounts(server), (after) => {
+    assert.deepStrictEqual(
+      { range: after.range - before.range, txn: after.txn - before.txn, put: after.put - before.put },
+      { range: 0, txn: 0, put: 0 },
+      `${what}: the waiter read nothing to be granted`
+    )
+    assert.include(deletes, after.delete - before.delete, `${what}: deletes`)
+  })
+
 describe("EtcdBackend: waiting is by watch", () => {
   it.live(
-    "with a one-hour retry, a release hands over within a few round trips: exclusive, a writer behind two readers, a semaphore permit",
+    "with a one-hour retry, a release hands over by watch, the server seeing only the holder's delete (no read): exclusive, a writer behind two readers, a semaphore permit",
     () =>
       onServer("watch", () =>
         Effect.gen(function* () {
@@ -464,9 +496,11 @@ describe("EtcdBackend: waiting is by watch", () => {
           // Exclusive.
           const holder = yield* Lock.scoped("ex", { ttl })
           const exWaiter = yield* countedWaiter(Lock.scoped("ex", { ttl, retry: hourRetry, timeout: "20 seconds" }))
+          let counts = yield* mvccCounts(server)
           let started = Date.now()
           yield* holder.release
           const ex = yield* exWaiter.granted
+          yield* assertOnlyDeletes(counts, [1, 2], "exclusive")
           timings["exclusive"] = ex.at - started
           assert.isTrue(ex.token > holder.token)
           yield* Fiber.join(exWaiter.fiber)
@@ -481,9 +515,11 @@ describe("EtcdBackend: waiting is by watch", () => {
           yield* r1.release
           const { holders, waiters } = yield* LockBackend.inspect("rw")
           assert.deepStrictEqual([holders.map((h) => h.owner), waiters.map((w) => w.mode)], [[r2.owner], ["exclusive"]])
+          counts = yield* mvccCounts(server)
           started = Date.now()
           yield* r2.release
           const w = yield* writer.granted
+          yield* assertOnlyDeletes(counts, [1, 2], "writer")
           timings["writer"] = w.at - started
           assert.isTrue(w.token > r2.token)
           yield* Fiber.join(writer.fiber)
@@ -496,9 +532,11 @@ describe("EtcdBackend: waiting is by watch", () => {
           const semWaiter = yield* countedWaiter(
             DistributedSemaphore.scoped("sem", { limit: 2, ttl, retry: hourRetry, timeout: "20 seconds" })
           )
+          counts = yield* mvccCounts(server)
           started = Date.now()
           yield* s1.release
           const s = yield* semWaiter.granted
+          yield* assertOnlyDeletes(counts, [1, 2], "semaphore")
           timings["semaphore"] = s.at - started
           assert.isTrue(s.token > s2.token)
           yield* Fiber.join(semWaiter.fiber)
@@ -514,73 +552,7 @@ describe("EtcdBackend: waiting is by watch", () => {
   )
 })
 
-/** The server's count of key-value operations (its `/metrics`): ranges (reads and transaction compares), transactions, puts, deletes. */
-const mvccCounts = (cluster: EtcdCluster) =>
-  Effect.promise(async () => {
-    const text = await (await fetch(`${cluster.endpoints[0]}/metrics`)).text()
-    const count = (metric: string) => Number(new RegExp(`^${metric} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN)
-    return {
-      range: count("etcd_mvcc_range_total"),
-      txn: count("etcd_mvcc_txn_total"),
-      put: count("etcd_mvcc_put_total"),
-      delete: count("etcd_mvcc_delete_total")
-    }
-  })
-
-describe("EtcdBackend: a hand-over needs no read", () => {
-  it.live(
-    "a queued waiter (one-hour retry) is granted from its name's watch: between the holder's release and the grant the server sees the holder's delete and no read, no transaction, no put (exclusive; a writer behind two readers)",
-    () =>
-      onServer("no-read", () =>
-        Effect.gen(function* () {
-          const ttl = "30 seconds"
-          const holder = yield* Lock.scoped("ex", { ttl })
-          const waiter = yield* countedWaiter(Lock.scoped("ex", { ttl, retry: hourRetry, timeout: "20 seconds" }))
-          const before = yield* mvccCounts(server)
-          yield* holder.release
-          const granted = yield* waiter.granted
-          const after = yield* mvccCounts(server)
-          assert.isTrue(granted.token > holder.token)
-          assert.deepStrictEqual(
-            { range: after.range - before.range, txn: after.txn - before.txn, put: after.put - before.put },
-            { range: 0, txn: 0, put: 0 },
-            "the waiter read nothing to be granted"
-          )
-          // The holder's delete, and perhaps already the waiter's own (it releases at once).
-          assert.include([1, 2], after.delete - before.delete, "deletes")
-          yield* Fiber.join(waiter.fiber)
-          assert.deepInclude(yield* waiter.calls, { tryAcquire: 3, subscribe: 1 })
-
-          // A writer behind two readers: the first reader's release leaves it blocked, the second's frees it;
-          // neither makes it read.
-          const r1 = yield* ReadWriteLock.read("rw", { ttl })
-          const r2 = yield* ReadWriteLock.read("rw", { ttl })
-          const writer = yield* countedWaiter(
-            ReadWriteLock.write("rw", { ttl, retry: hourRetry, timeout: "20 seconds" })
-          )
-          const beforeReaders = yield* mvccCounts(server)
-          yield* r1.release
-          yield* r2.release
-          const w = yield* writer.granted
-          const afterReaders = yield* mvccCounts(server)
-          assert.isTrue(w.token > r2.token)
-          assert.deepStrictEqual(
-            {
-              range: afterReaders.range - beforeReaders.range,
-              txn: afterReaders.txn - beforeReaders.txn,
-              put: afterReaders.put - beforeReaders.put
-            },
-            { range: 0, txn: 0, put: 0 }
-          )
-          // The readers' deletes, and perhaps already the writer's own.
-          assert.include([2, 3], afterReaders.delete - beforeReaders.delete, "deletes")
-          yield* Fiber.join(writer.fiber)
-          assert.deepInclude(yield* writer.calls, { tryAcquire: 3, subscribe: 1 })
-        })
-      ),
-    30_000
-  )
-
+describe("EtcdBackend: a broken watch", () => {
   it.live(
     "the name's watch breaks (the waiter's connections reset): the waiter drops its view, reads again under a new watch, and a release still reaches it by watch (one-hour retry, refresh only every 20 s)",
     () =>
