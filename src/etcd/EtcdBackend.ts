@@ -857,9 +857,14 @@ export const make = (
           const deleted = yield* etcd
             .call("release", (c) => c.kv.deleteRange({ key: Buffer.from(entry.key) }))
             .pipe(Effect.onError(() => Effect.ignore(revoke(entry.lease))))
+          if (Number(deleted.deleted) === 0) {
+            // The key was gone already (its lease expired, or was revoked): no spare.
+            yield* Effect.ignore(revoke(entry.lease))
+            return false
+          }
           pool.push({ id: entry.lease, at: entry.refreshedAt })
           spares.set(entry.ttlSeconds, pool)
-          return entry.grant !== undefined && Number(deleted.deleted) > 0
+          return entry.grant !== undefined
         }
         yield* revoke(entry.lease)
         return entry.grant !== undefined && !entry.gone
