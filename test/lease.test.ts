@@ -342,6 +342,29 @@ describe("lease: release and extend", () => {
     }).pipe(Effect.provide(MemoryBackend.layer))
   )
 
+  it.effect(
+    "a second release while the first is still on its way to the store waits for it, then fails LockNotHeld released: after either returns, the store holds nothing",
+    () =>
+      Effect.gen(function* () {
+        const { backend, control } = yield* faulty
+        const lease = yield* Lock.scoped("in-flight").pipe(Effect.provideService(LockBackend, backend))
+        // The first release takes 100 ms (TestClock) to reach the store.
+        yield* control.setDelay("100 millis")
+        const first = yield* Effect.forkChild(lease.release)
+        yield* TestClock.adjust(10)
+        const second = yield* Effect.forkChild(Effect.flip(lease.release))
+        yield* TestClock.adjust(10)
+        assert.isUndefined(second.pollUnsafe(), "the second release returned while the first was on its way")
+        assert.strictEqual((yield* holdersOf("in-flight")).length, 1, "still held on the store")
+        yield* TestClock.adjust(100)
+        const error = yield* Fiber.join(second)
+        assert.deepInclude(error, { _tag: "LockNotHeld", state: "released" })
+        yield* Fiber.join(first)
+        assert.deepStrictEqual(yield* holdersOf("in-flight"), [])
+        assert.strictEqual((yield* control.calls).release, 1, "one release reached the store")
+      }).pipe(Effect.provide(MemoryBackend.layer))
+  )
+
   it.effect("after a loss: release fails LockNotHeld lost, extend fails with the LockLost", () =>
     Effect.gen(function* () {
       const lease = yield* Lock.scoped("afterloss", { ttl: "1 second", heartbeat: false, onLost: "ignore" })

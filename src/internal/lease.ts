@@ -553,7 +553,14 @@ const makeLease = (
       if (heartbeatFiber !== undefined) yield* Fiber.interrupt(heartbeatFiber)
       if (lossWatcher !== undefined) yield* Fiber.interrupt(lossWatcher)
       yield* bestEffortRelease(backend, name, owner, options.ttlMillis)
-    }).pipe(traced(LockMetrics.spans.release, () => ({ "lock.name": name, "lock.token": token.toString() })))
+    }).pipe(
+      traced(LockMetrics.spans.release, () => ({ "lock.name": name, "lock.token": token.toString() })),
+      Effect.ensuring(Effect.sync(() => Deferred.doneUnsafe(finished, Effect.void)))
+    )
+    // Completed once the finalizer's release on the store is done: a second
+    // `release` waits for it, so that after any `release` returns the store
+    // holds nothing of this lease.
+    const finished = Deferred.makeUnsafe<void>()
 
     let heartbeatFiber: Fiber.Fiber<unknown, unknown> | undefined
     let lossWatcher: Fiber.Fiber<unknown, unknown> | undefined
@@ -615,9 +622,12 @@ const makeLease = (
           }
         ),
       release: Effect.suspend(() => {
-        if (status === "Released") return Effect.fail(new LockNotHeld({ name, owner, state: "released" }))
+        // A release already under way (or done) is waited for.
+        const close = closed ? Deferred.await(finished) : Scope.close(scope, Exit.void)
+        if (status === "Released") {
+          return Effect.andThen(close, Effect.fail(new LockNotHeld({ name, owner, state: "released" })))
+        }
         const wasLost = status !== "Held"
-        const close = closed ? Effect.void : Scope.close(scope, Exit.void)
         return wasLost ? Effect.andThen(close, Effect.fail(new LockNotHeld({ name, owner, state: "lost" }))) : close
       })
     }
