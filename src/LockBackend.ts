@@ -158,6 +158,12 @@ export interface LockBackendShape {
   /** Short name: `memory`, `postgres`, `redis`, `redlock`, `etcd`. */
   readonly kind: string
   readonly guarantees: Guarantees
+  /**
+   * Every call ends within a deadline of its own (or at once). The core then
+   * puts no timeout of its own around the first call of a release; without
+   * it, each release is raced against one. Default false.
+   */
+  readonly boundedCalls?: boolean | undefined
   /** One grant attempt; `None` when contended. Never blocks on contention. */
   readonly tryAcquire: (
     request: GrantRequest

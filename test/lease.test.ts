@@ -365,6 +365,41 @@ describe("lease: release and extend", () => {
       }).pipe(Effect.provide(MemoryBackend.layer))
   )
 
+  it.effect(
+    "a release slower than the cleanup bound (5 s): cut at the bound for a backend that does not declare bounded calls, waited for when it does (its own deadline bounds it)",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* LockBackend
+        // Every release takes 7 s (TestClock) to reach the store.
+        const slow = (boundedCalls: boolean): LockBackendShape => ({
+          ...inner,
+          boundedCalls,
+          release: (name, owner) => Effect.andThen(Effect.sleep("7 seconds"), inner.release(name, owner))
+        })
+        for (const boundedCalls of [false, true]) {
+          const name = `slow-${boundedCalls}`
+          const closing = yield* Effect.forkChild(
+            Effect.scoped(Lock.scoped(name, { ttl: "30 seconds" })).pipe(
+              Effect.provideService(LockBackend, slow(boundedCalls))
+            )
+          )
+          yield* TestClock.adjust(5_000)
+          assert.strictEqual(closing.pollUnsafe() !== undefined, !boundedCalls, `boundedCalls ${boundedCalls} at 5 s`)
+          yield* TestClock.adjust(2_000)
+          yield* Fiber.join(closing)
+          // Bounded: the release itself reached the store at 7 s. Cut: the
+          // detached retry that went on from 5 s reaches it at 12 s.
+          assert.strictEqual(
+            (yield* holdersOf(name)).length,
+            boundedCalls ? 0 : 1,
+            `boundedCalls ${boundedCalls} at 7 s`
+          )
+          yield* TestClock.adjust(5_000)
+          assert.deepStrictEqual(yield* holdersOf(name), [], `boundedCalls ${boundedCalls} at 12 s`)
+        }
+      }).pipe(Effect.provide(MemoryBackend.layer))
+  )
+
   it.effect("after a loss: release fails LockNotHeld lost, extend fails with the LockLost", () =>
     Effect.gen(function* () {
       const lease = yield* Lock.scoped("afterloss", { ttl: "1 second", heartbeat: false, onLost: "ignore" })

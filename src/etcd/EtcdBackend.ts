@@ -1004,6 +1004,8 @@ export const make = (
     return LockBackend.of({
       kind: "etcd",
       guarantees,
+      // Every call has the client's deadline.
+      boundedCalls: true,
       tryAcquire,
       extend,
       release,

@@ -185,11 +185,21 @@ const releaseRetry = Schedule.max([Schedule.exponential(Duration.millis(20)), Sc
  * keeps trying once a second for one TTL, after which the store has expired
  * the grant or registration by itself.
  */
-const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) =>
-  backend.release(name, owner).pipe(
-    // The retry schedule is built only after a failure (this is on every lease's path).
-    Effect.catch(() => Effect.retry(Effect.delay(backend.release(name, owner), releaseFirstRetry), releaseRetry)),
-    Effect.timeout(Duration.millis(cleanupBound(ttlMillis))),
+const bestEffortRelease = (backend: LockBackendShape, name: string, owner: string, ttlMillis: number) => {
+  const bound = Duration.millis(cleanupBound(ttlMillis))
+  // The retry schedule is built only after a failure (this is on every lease's path).
+  const retries = Effect.retry(Effect.delay(backend.release(name, owner), releaseFirstRetry), releaseRetry)
+  // A backend whose calls end by their own deadlines needs no timeout of
+  // ours around the first call (a race of two fibers, on every lease's path);
+  // the retries after a failure are bounded either way.
+  const bounded =
+    backend.boundedCalls === true
+      ? Effect.catch(backend.release(name, owner), () => Effect.timeout(retries, bound))
+      : Effect.timeout(
+          Effect.catch(backend.release(name, owner), () => retries),
+          bound
+        )
+  return bounded.pipe(
     Effect.asVoid,
     Effect.catch(() =>
       Effect.asVoid(
@@ -205,6 +215,7 @@ const bestEffortRelease = (backend: LockBackendShape, name: string, owner: strin
       )
     )
   )
+}
 
 /**
  * Acquires `spec` into the current scope. `None` only when `how.wait` is

@@ -310,6 +310,8 @@ export const make: Effect.Effect<LockBackendShape> = Effect.sync(() => {
       wakeUp: "Deferred",
       fairness: "fifo"
     },
+    // Every call answers at once.
+    boundedCalls: true,
     tryAcquire,
     extend,
     release,
