@@ -58,11 +58,12 @@ export const uncontended = (options: {
         for (let i = 0; i < options.iterations; i++) yield* op
         return (((yield* now) - start) * 1000) / options.iterations
       })
-    // Warm-up: five rounds of each, alternating. The library's path (the
-    // core, the backend, Effect's runtime) takes a few thousand operations
-    // to be fully optimized by V8; with one round, the first measured rounds
-    // still ran partly unoptimized code.
-    for (let r = 0; r < 5; r++) {
+    // Warm-up: twenty rounds of each, alternating. The library's path (the
+    // core, the backend, Effect's runtime) is much longer than the floor's and
+    // takes several thousand operations to be fully optimized by V8: printed
+    // round by round, the etcd ratio still fell from 1.36x to about 1.14x
+    // over the first 8,000 operations. Steady state is what a service runs.
+    for (let r = 0; r < 20; r++) {
       yield* time(options.library)
       yield* time(options.floor)
     }

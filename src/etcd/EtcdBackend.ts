@@ -354,6 +354,17 @@ export const make = (
     }
     const etcd = yield* EtcdClient.EtcdClient
     const namePrefix = (name: string) => `${prefix}${encodeURIComponent(name)}/`
+    /** A name's key range, as request bytes; the last few names' are kept (a name is usually locked again). */
+    const ranges = new Map<string, Range>()
+    const rangeOf = (name: string): Range => {
+      let range = ranges.get(name)
+      if (range === undefined) {
+        if (ranges.size >= 256) ranges.clear()
+        range = Range.prefix(namePrefix(name))
+        ranges.set(name, range)
+      }
+      return range
+    }
     // Keyed by lease, as in etcd's own recipe: leases are reused (spares), so
     // a busy name keeps a few key names instead of leaving one tombstone per
     // acquisition, which every range over the name would walk until compaction.
@@ -679,7 +690,7 @@ export const make = (
           since: yield* Clock.currentTimeMillis,
           metadata: request.metadata
         }
-        const names = Range.prefix(namePrefix(request.name))
+        const names = rangeOf(request.name)
         const keyBytes = Buffer.from(key)
         const put = { request_put: { key: keyBytes, value: Buffer.from(JSON.stringify(record)), lease: leased.id } }
         const range = {
