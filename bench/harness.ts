@@ -164,6 +164,35 @@ export const contended = (options: {
     return summarize(options, counts, waits, handovers, ((yield* now) - start) / 1000)
   })
 
+/**
+ * A backend's section on the backend in context: uncontended `Lock.scoped`
+ * against `floor` (given the backend, for floors that call it), then
+ * 32 fibers handing one name around for `contendedMillis`.
+ */
+export const measure = (options: {
+  readonly section: string
+  readonly iterations: number
+  readonly contendedMillis: number
+  readonly floor: (backend: LockBackendShape) => Effect.Effect<void, unknown>
+}): Effect.Effect<{ readonly u: UncontendedResult; readonly c: ContendedResult }, unknown, LockBackend> =>
+  Effect.gen(function* () {
+    const backend = yield* LockBackend
+    const u = yield* uncontended({
+      section: options.section,
+      rounds: 10,
+      iterations: options.iterations,
+      library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
+      floor: options.floor(backend)
+    })
+    const c = yield* contended({
+      section: options.section,
+      fibers: 32,
+      millis: options.contendedMillis,
+      name: "bench-c"
+    })
+    return { u, c }
+  })
+
 /** Runs a section's effect on a backend layer. */
 export const onBackend = <A, E>(layer: Layer.Layer<LockBackend, unknown>, effect: Effect.Effect<A, E, LockBackend>) =>
   Effect.provide(effect, layer)

@@ -12,7 +12,7 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import { Effect, Exit, Layer, Redacted, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { mkdirSync, writeFileSync } from "node:fs"
-import { Lock, LockBackend, MemoryBackend } from "../src/index.ts"
+import { MemoryBackend } from "../src/index.ts"
 import { PostgresBackend } from "../src/postgres/index.ts"
 import { RedisBackend } from "../src/redis/index.ts"
 import { EtcdBackend, EtcdClient } from "../src/etcd/index.ts"
@@ -23,11 +23,10 @@ import Redlock from "redlock"
 import { Mutex } from "redis-semaphore"
 import {
   backendFloor,
-  contended,
   type ContendedResult,
+  measure,
   onBackend,
   peerContended,
-  uncontended,
   type UncontendedResult
 } from "./harness.ts"
 
@@ -36,17 +35,11 @@ const contendedMillis = Number(process.env["BENCH_CONTENDED_MS"] ?? 2000)
 
 const memory = onBackend(
   MemoryBackend.layer,
-  Effect.gen(function* () {
-    const backend = yield* LockBackend
-    const u = yield* uncontended({
-      section: "memory",
-      rounds: 10,
-      iterations: 2000,
-      library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
-      floor: backendFloor(backend, "bench-floor")
-    })
-    const c = yield* contended({ section: "memory", fibers: 32, millis: contendedMillis, name: "bench-c" })
-    return { u, c }
+  measure({
+    section: "memory",
+    iterations: 2000,
+    contendedMillis,
+    floor: (backend) => backendFloor(backend, "bench-floor")
   })
 )
 
@@ -69,17 +62,7 @@ const postgres = Effect.gen(function* () {
   const pg = yield* PgClient.PgClient
   const result = yield* onBackend(
     PostgresBackend.layer().pipe(Layer.provide(Layer.succeed(PgClient.PgClient, pg))),
-    Effect.gen(function* () {
-      const u = yield* uncontended({
-        section: "postgres",
-        rounds: 10,
-        iterations: 300,
-        library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
-        floor
-      })
-      const c = yield* contended({ section: "postgres", fibers: 32, millis: contendedMillis, name: "bench-c" })
-      return { u, c }
-    })
+    measure({ section: "postgres", iterations: 300, contendedMillis, floor: () => floor })
   )
   yield* Scope.close(scope, Exit.void)
   return result
@@ -109,17 +92,7 @@ const redis = Effect.gen(function* () {
   })
   const ours = yield* onBackend(
     RedisBackend.layer({ prefix: "effect-locks-bench:" }).pipe(Layer.provide(Layer.succeed(Redis.Redis, client))),
-    Effect.gen(function* () {
-      const u = yield* uncontended({
-        section: "redis",
-        rounds: 10,
-        iterations: 1000,
-        library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
-        floor
-      })
-      const c = yield* contended({ section: "redis", fibers: 32, millis: contendedMillis, name: "bench-c" })
-      return { u, c }
-    })
+    measure({ section: "redis", iterations: 1000, contendedMillis, floor: () => floor })
   )
   // The same handover run through the peers, with their default retry settings.
   const peers = yield* Effect.acquireUseRelease(
@@ -177,17 +150,7 @@ const etcd = Effect.gen(function* () {
       EtcdBackend.layer({ prefix: "effect-locks-bench/" }).pipe(
         Layer.provide(Layer.succeed(EtcdClient.EtcdClient, client2))
       ),
-      Effect.gen(function* () {
-        const u = yield* uncontended({
-          section: "etcd",
-          rounds: 10,
-          iterations: 300,
-          library: Effect.scoped(Effect.asVoid(Lock.scoped("bench-u"))) as Effect.Effect<void, unknown>,
-          floor
-        })
-        const c = yield* contended({ section: "etcd", fibers: 32, millis: contendedMillis, name: "bench-c" })
-        return { u, c }
-      })
+      measure({ section: "etcd", iterations: 300, contendedMillis, floor: () => floor })
     )
     // etcd3's own Lock: a failed acquire rejects at once, so its waiters retry every 10 ms.
     const peer = yield* peerContended({

@@ -19,12 +19,12 @@ import {
   type Lease,
   Lock,
   LockBackend,
-  type GrantRequest,
   type LockBackendShape,
   LockConfig,
   ReadWriteLock
 } from "../../src/index.ts"
 import { FaultyBackend, FencedResource } from "../../src/testing/index.ts"
+import { grantRequest } from "../support/grantRequest.ts"
 
 export interface ConformanceOptions {
   readonly name: string
@@ -93,17 +93,7 @@ const expectInvalid = (field: string, effect: Effect.Effect<unknown, unknown, Lo
   })
 
 /** A grant request for the contract checks. */
-const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
-  name,
-  owner,
-  mode: "exclusive",
-  permits: 1,
-  limit: 1,
-  ttlMillis: 10_000,
-  metadata: {},
-  queue: false,
-  ...extra
-})
+const request = grantRequest
 
 const nothingLeft = (prefix: string, options: ConformanceOptions) =>
   Effect.gen(function* () {

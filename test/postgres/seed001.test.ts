@@ -43,6 +43,7 @@ import {
   freshAppName,
   url
 } from "./harness.ts"
+import { grantRequest } from "../support/grantRequest.ts"
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -50,18 +51,9 @@ import {
 /** A long retry: a waiter with it only moves on a change signal. */
 const hourRetry = LockConfig.retryLinear({ initial: "1 hour", max: "1 hour", jitter: false })
 
-/** A grant request for direct backend calls. */
-const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
-  name,
-  owner,
-  mode: "exclusive",
-  permits: 1,
-  limit: 1,
-  ttlMillis: 30_000,
-  metadata: {},
-  queue: false,
-  ...extra
-})
+/** A grant request for direct backend calls (ttl 30 s). */
+const request = (name: string, owner: string, extra?: Partial<GrantRequest>) =>
+  grantRequest(name, owner, { ttlMillis: 30_000, ...extra })
 
 /** Builds a backend layer into the current scope and returns the backend (for tests with two processes). */
 const backendIn = (appName: string, options: PostgresBackend.Options & { readonly url?: string } = {}) =>

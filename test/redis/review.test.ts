@@ -16,21 +16,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Layer, Option } from "effect"
 import { afterAll } from "vitest"
-import { type GrantRequest, Lock, LockBackend } from "../../src/index.ts"
+import { Lock, LockBackend } from "../../src/index.ts"
 import * as RedisServer from "../support/RedisServer.ts"
 import { backendLayer, freshPrefix, keysUnder, redlockLayer, send } from "./harness.ts"
+import { grantRequest } from "../support/grantRequest.ts"
 
-const request = (name: string, owner: string, extra?: Partial<GrantRequest>): GrantRequest => ({
-  name,
-  owner,
-  mode: "exclusive",
-  permits: 1,
-  limit: 1,
-  ttlMillis: 10_000,
-  metadata: {},
-  queue: false,
-  ...extra
-})
+const request = grantRequest
 
 /** Deletes every key under `prefix`. */
 const cleanup = (prefix: string, target?: string) =>
